@@ -1,0 +1,15 @@
+//! cstor-fs: containers-storage, read-only, as a registry-shaped file tree.
+//!
+//! Data flows one way: [`store`] parses the on-disk store into an immutable
+//! [`store::Snapshot`]; [`tarsplit`] turns a layer's tar-split metadata plus its
+//! files into a random-access [`tarsplit::LayerBlob`]; [`registry`] is a pure
+//! model of repositories, tags, manifests and blobs built from a snapshot; [`fs`]
+//! presents that model through FUSE. The binary (`main.rs`) is glue.
+
+pub mod digest;
+pub mod fs;
+pub mod registry;
+pub mod store;
+pub mod tarsplit;
+
+pub use digest::{Digest, Id};

@@ -1,0 +1,53 @@
+//! Brief shared locks on containers-storage lock files, taken the way a reader must.
+//!
+//! c/storage holds POSIX record locks on `layers.lock` / `images.lock`. An open file
+//! description (OFD) read lock conflicts with those, survives other fds of the file
+//! being closed, and needs only `O_RDONLY` (so it works on a read-only bind mount).
+//! The first 64 bytes of a lock file are the last writer's token.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// A held OFD read lock; released on drop (closing the only fd of the description).
+#[derive(Debug)]
+pub struct ReadLock {
+    _file: File,
+}
+
+/// Opens `path` read-only and waits for a whole-file shared lock.
+pub fn read_lock(path: &Path) -> io::Result<ReadLock> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)?;
+    // SAFETY: flock is a plain C struct; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    loop {
+        // SAFETY: valid fd and a pointer to a live flock struct.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+        if r == 0 {
+            return Ok(ReadLock { _file: file });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn token_of(mut f: &File) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    let _ = f.by_ref().take(64).read_to_end(&mut buf);
+    buf
+}
+
+/// Reads a lock file's token without locking (for cheap change checks).
+pub fn peek_token(path: &Path) -> Option<Vec<u8>> {
+    let f = File::open(path).ok()?;
+    Some(token_of(&f))
+}

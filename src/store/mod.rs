@@ -1,0 +1,467 @@
+//! `store`: containers-storage on disk, parsed into immutable [`Snapshot`]s.
+//!
+//! [`config::resolve`] finds the graphroot and driver; [`Store`] reads `images.json`,
+//! `layers.json` and the images' manifest/config big data under brief OFD read locks
+//! ([`lock`]), producing a [`Snapshot`] plus warnings. [`Store::token`] is a cheap
+//! change check (lock tokens + stat of the JSON files). Every byte read here is
+//! untrusted: ids become path components only after [`Id`] parsing, sizes are capped,
+//! and a malformed entry costs that entry (a warning), never the whole store.
+
+pub mod config;
+mod lock;
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+
+use crate::{Digest, Id};
+
+pub use config::Location;
+
+/// Caps on what one store file may hold, so a hostile store cannot exhaust memory.
+const MAX_JSON: u64 = 256 << 20;
+const MAX_BIG_DATA: u64 = 16 << 20;
+
+/// A storage driver whose layers cstor-fs can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Driver {
+    Overlay,
+    Vfs,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Overlay => "overlay",
+            Driver::Vfs => "vfs",
+        }
+    }
+}
+
+impl FromStr for Driver {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Driver, Error> {
+        match s {
+            "overlay" | "overlay2" => Ok(Driver::Overlay),
+            "vfs" => Ok(Driver::Vfs),
+            other => Err(Error::Config(format!(
+                "storage driver {other:?} is not supported (overlay and vfs are)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Errors reading the store. Each names the file it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Error {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+    pub(crate) fn format(path: &Path, msg: impl fmt::Display) -> Error {
+        Error::Format { path: path.to_path_buf(), msg: msg.to_string() }
+    }
+}
+
+/// One image of `images.json`, with the big data cstor-fs serves already read.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: Id,
+    /// Fully qualified names as stored (`localhost/a:v1`, `docker.io/x/y@sha256:..`).
+    pub names: Vec<String>,
+    /// Top layer; `None` for manifest lists.
+    pub top_layer: Option<Id>,
+    /// Big data by key: `manifest`, `manifest-sha256:<d>`, `sha256:<config>`.
+    /// `Err` holds why a listed item could not be read.
+    pub big_data: BTreeMap<String, Result<Arc<[u8]>, String>>,
+    pub created: Option<String>,
+}
+
+impl Image {
+    /// The name to use for this image in messages: its first name, else its short id.
+    pub fn label(&self) -> String {
+        match self.names.first() {
+            Some(n) => format!("{n} ({})", self.id.short()),
+            None => format!("image {}", self.id.short()),
+        }
+    }
+}
+
+/// One layer of `layers.json`.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub id: Id,
+    pub parent: Option<Id>,
+    /// The uncompressed digest (DiffID), if recorded.
+    pub diff_digest: Option<Digest>,
+    /// Length of the uncompressed tar, if recorded (c/storage writes -1 when unknown).
+    pub diff_size: Option<u64>,
+    /// Why this layer cannot be rebuilt byte-exact, if a cheap check already knows.
+    pub problem: Option<String>,
+}
+
+/// An immutable view of the store at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub location: Location,
+    pub token: ChangeToken,
+    pub images: Vec<Image>,
+    pub layers: BTreeMap<Id, Layer>,
+    /// Entries that could not be read, each naming the file and entry.
+    pub warnings: Vec<String>,
+}
+
+/// Cheap fingerprint of the store's metadata; differs after any write podman makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeToken {
+    locks: Vec<Option<Vec<u8>>>,
+    files: Vec<Option<(u64, u64, i64, i64, u64)>>,
+}
+
+/// Where a layer's rebuild inputs live.
+#[derive(Debug, Clone)]
+pub struct LayerFiles {
+    pub tar_split: PathBuf,
+    /// Directories to look payloads up in, in order (overlay: diff, then lowers).
+    pub content_dirs: Vec<PathBuf>,
+}
+
+/// An opened store location. Cheap to share; all reads are done on demand.
+#[derive(Debug)]
+pub struct Store {
+    location: Location,
+    /// Results of the per-layer file checks; layers never change once complete.
+    layer_checks: Mutex<HashMap<Id, Option<String>>>,
+}
+
+impl Store {
+    pub fn open(location: Location) -> Result<Store, Error> {
+        let s = Store { location, layer_checks: Mutex::default() };
+        for dir in [s.layers_dir(), s.images_dir()] {
+            let md = std::fs::metadata(&dir).map_err(|e| Error::io(&dir, e))?;
+            if !md.is_dir() {
+                return Err(Error::format(&dir, "not a directory"));
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.location.graphroot.join(format!("{}-layers", self.location.driver))
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.location.graphroot.join(format!("{}-images", self.location.driver))
+    }
+
+    fn watched(&self) -> ([PathBuf; 2], [PathBuf; 2]) {
+        let (l, i) = (self.layers_dir(), self.images_dir());
+        (
+            [l.join("layers.lock"), i.join("images.lock")],
+            [l.join("layers.json"), i.join("images.json")],
+        )
+    }
+
+    /// The current change fingerprint. Reads 2x64 bytes and stats 2 files.
+    pub fn token(&self) -> ChangeToken {
+        let (locks, files) = self.watched();
+        ChangeToken {
+            locks: locks.iter().map(|p| lock::peek_token(p)).collect(),
+            files: files
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(p).ok().map(|m| {
+                        (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size())
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads a consistent snapshot: layers.lock then images.lock are read-locked while
+    /// the JSON files and the images' big data are read.
+    pub fn load(&self) -> Result<Snapshot, Error> {
+        let mut warnings = Vec::new();
+        let (lock_paths, json_paths) = self.watched();
+        let mut locks = Vec::new();
+        for p in &lock_paths {
+            match lock::read_lock(p) {
+                Ok(l) => locks.push(l),
+                // A store never written by this podman version, or one we may not open:
+                // read without the lock rather than not at all.
+                Err(e) => warnings.push(format!(
+                    "{}: cannot take a read lock ({e}); reading without it",
+                    p.display()
+                )),
+            }
+        }
+        let token = self.token();
+        let layers = self.read_layers(&json_paths[0], &mut warnings)?;
+        let images = self.read_images(&json_paths[1], &mut warnings)?;
+        drop(locks);
+        Ok(Snapshot { location: self.location.clone(), token, images, layers, warnings })
+    }
+
+    fn read_array(&self, path: &Path) -> Result<Vec<serde_json::Value>, Error> {
+        let bytes = match read_capped(path, MAX_JSON) {
+            Ok(b) => b,
+            // A fresh store has no images.json until the first image is written.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::format(path, e))
+    }
+
+    fn read_layers(
+        &self,
+        path: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Result<BTreeMap<Id, Layer>, Error> {
+        let mut out = BTreeMap::new();
+        for (i, v) in self.read_array(path)?.into_iter().enumerate() {
+            let raw: raw::RawLayer = match serde_json::from_value(v) {
+                Ok(r) => r,
+                Err(e) => {
+                    warnings.push(format!("{}: entry {i}: {e}", path.display()));
+                    continue;
+                }
+            };
+            match self.layer_from_raw(raw) {
+                Ok(l) => {
+                    if out.insert(l.id, l).is_some() {
+                        warnings.push(format!("{}: entry {i}: duplicate layer id", path.display()));
+                    }
+                }
+                Err(msg) => warnings.push(format!("{}: entry {i}: {msg}", path.display())),
+            }
+        }
+        Ok(out)
+    }
+
+    fn layer_from_raw(&self, raw: raw::RawLayer) -> Result<Layer, String> {
+        let id: Id = raw.id.parse().map_err(|e| format!("layer id: {e}"))?;
+        let ctx = |what: &str, e: crate::digest::ParseError| format!("layer {id}: {what}: {e}");
+        let parent = match raw.parent.as_deref() {
+            None | Some("") => None,
+            Some(p) => Some(p.parse().map_err(|e| ctx("parent", e))?),
+        };
+        let diff_digest = match raw.diff_digest.as_deref() {
+            None | Some("") => None,
+            Some(d) => Some(d.parse().map_err(|e| ctx("diff-digest", e))?),
+        };
+        let diff_size = raw.diff_size.and_then(|s| u64::try_from(s).ok());
+        let flag = |k: &str| raw.flags.as_ref().and_then(|f| f.get(k)).is_some_and(|v| v != false);
+        let problem = if flag("incomplete") {
+            Some("layer is flagged incomplete (an interrupted pull)".to_string())
+        } else if diff_digest.is_none() {
+            Some("layer has no diff-digest".to_string())
+        } else {
+            self.check_layer_files(&id)
+        };
+        Ok(Layer { id, parent, diff_digest, diff_size, problem })
+    }
+
+    /// Stat-only checks that the files a rebuild needs are there and usable.
+    fn check_layer_files(&self, id: &Id) -> Option<String> {
+        if let Some(cached) = self.layer_checks.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return cached.clone();
+        }
+        let files = self.layer_files(id);
+        let problem = (|| {
+            match std::fs::symlink_metadata(&files.tar_split) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return Some("tar-split metadata is not a regular file".into()),
+                Err(e) => return Some(format!("no tar-split metadata ({e})")),
+            }
+            let own = &files.content_dirs[0];
+            if self.location.driver == Driver::Overlay {
+                let layer_dir = own.parent()?;
+                if layer_dir.join("composefs-data").exists() {
+                    return Some("composefs layer (content-addressed files)".into());
+                }
+            }
+            match std::fs::symlink_metadata(own) {
+                Ok(m) if m.is_dir() => None,
+                Ok(m) if m.file_type().is_symlink() => {
+                    Some("layer files are a symlink (additional layer store)".into())
+                }
+                Ok(_) => Some(format!("{} is not a directory", own.display())),
+                Err(e) => Some(format!("{}: {e}", own.display())),
+            }
+        })();
+        // Only cache definite answers about present layers; a missing layer may be mid-write.
+        if problem.is_none() {
+            self.layer_checks.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, None);
+        }
+        problem
+    }
+
+    /// Paths of a layer's tar-split and its own content directory.
+    pub fn layer_files(&self, id: &Id) -> LayerFiles {
+        let root = &self.location.graphroot;
+        let own = match self.location.driver {
+            Driver::Overlay => root.join("overlay").join(id.hex()).join("diff"),
+            Driver::Vfs => root.join("vfs/dir").join(id.hex()),
+        };
+        LayerFiles {
+            tar_split: self.layers_dir().join(format!("{id}.tar-split.gz")),
+            content_dirs: vec![own],
+        }
+    }
+
+    /// [`Store::layer_files`] plus, for overlay, the lower layers' diff dirs listed in
+    /// the layer's `lower` file (uppermost first), resolved through `l/` links.
+    pub fn layer_files_with_lowers(&self, id: &Id) -> io::Result<LayerFiles> {
+        let mut files = self.layer_files(id);
+        if self.location.driver != Driver::Overlay {
+            return Ok(files);
+        }
+        let overlay = self.location.graphroot.join("overlay");
+        let lower = match read_capped(&overlay.join(id.hex()).join("lower"), 1 << 20) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
+            Err(e) => return Err(e),
+        };
+        for link in String::from_utf8_lossy(&lower).trim().split(':') {
+            // Each entry is `l/<short>`, a symlink to `../<layer id>/diff`.
+            let Some(short) = link.strip_prefix("l/") else { continue };
+            if short.is_empty() || !short.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                continue;
+            }
+            let Ok(target) = std::fs::read_link(overlay.join("l").join(short)) else { continue };
+            let t = target.to_string_lossy();
+            let Some(lid) = t.strip_prefix("../").and_then(|r| r.strip_suffix("/diff")) else {
+                continue;
+            };
+            if let Ok(lid) = lid.parse::<Id>() {
+                files.content_dirs.push(overlay.join(lid.hex()).join("diff"));
+            }
+        }
+        Ok(files)
+    }
+
+    fn read_images(&self, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Image>, Error> {
+        let mut out: Vec<Image> = Vec::new();
+        for (i, v) in self.read_array(path)?.into_iter().enumerate() {
+            let raw: raw::RawImage = match serde_json::from_value(v) {
+                Ok(r) => r,
+                Err(e) => {
+                    warnings.push(format!("{}: entry {i}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let id: Id = match raw.id.parse() {
+                Ok(id) => id,
+                Err(e) => {
+                    warnings.push(format!("{}: entry {i}: image id: {e}", path.display()));
+                    continue;
+                }
+            };
+            if out.iter().any(|img| img.id == id) {
+                warnings.push(format!("{}: entry {i}: duplicate image id {id}", path.display()));
+                continue;
+            }
+            let top_layer = match raw.layer.as_deref() {
+                None | Some("") => None,
+                Some(l) => match l.parse() {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        warnings.push(format!("{}: image {id}: layer: {e}", path.display()));
+                        continue;
+                    }
+                },
+            };
+            let dir = self.images_dir().join(id.hex());
+            let big_data = raw
+                .big_data_names
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| k.starts_with("manifest") || k.starts_with("sha256:"))
+                .map(|k| {
+                    let file = dir.join(big_data_file_name(&k));
+                    let v = read_capped(&file, MAX_BIG_DATA)
+                        .map(Arc::from)
+                        .map_err(|e| format!("{}: {e}", file.display()));
+                    (k, v)
+                })
+                .collect();
+            out.push(Image {
+                id,
+                names: raw.names.unwrap_or_default(),
+                top_layer,
+                big_data,
+                created: raw.created,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The file name c/storage gives a big-data item: the key itself when it has only
+/// `[.0-9a-z]`, else `=` + base64(key).
+pub fn big_data_file_name(key: &str) -> String {
+    if !key.is_empty() && key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase())
+    {
+        key.to_string()
+    } else {
+        format!("={}", base64::engine::general_purpose::STANDARD.encode(key))
+    }
+}
+
+/// Reads a whole file, refusing files larger than `cap` bytes.
+fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(cap + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_data_names() {
+        assert_eq!(big_data_file_name("manifest"), "manifest");
+        assert_eq!(
+            big_data_file_name("sha256:abc"),
+            format!("={}", base64::engine::general_purpose::STANDARD.encode("sha256:abc"))
+        );
+        assert_eq!(big_data_file_name("manifest-sha256:x"), "=bWFuaWZlc3Qtc2hhMjU2Ong=");
+    }
+}
