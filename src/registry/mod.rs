@@ -1,0 +1,372 @@
+//! `registry`: a pure model of what a registry would serve for one store snapshot.
+//!
+//! [`Registry::build`] translates containers-storage vocabulary (images, layers, big
+//! data) into distribution-spec vocabulary: [`Repo`]s with tags, [`Manifest`]s by
+//! digest with their media type, and [`Blob`]s (config bytes or a layer to rebuild).
+//! Manifests are served verbatim when every layer they name is the layer's
+//! uncompressed digest, otherwise rewritten deterministically ([`manifest`]); lists
+//! are verbatim only when every child is present and verbatim. Images that cannot be
+//! served byte-exact are listed in [`Registry::excluded`] with the reason. This module
+//! does no I/O and knows nothing of FUSE.
+
+pub mod manifest;
+pub mod reference;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::store::{Image, Snapshot};
+use crate::{Digest, Id};
+pub use manifest::MediaType;
+use manifest::{Stored, StoredKind};
+pub use reference::{parse_name, Ref};
+
+/// Repository that holds images with no name, tagged by their full image id.
+pub const UNTAGGED_REPO: &str = "untagged";
+
+/// Directory names inside a repository; a nested repository may not use them.
+const RESERVED: [&str; 3] = ["blobs", "manifests", "tags"];
+
+#[derive(Debug, Clone, Default)]
+pub struct Repo {
+    pub tags: BTreeMap<String, Digest>,
+    pub manifests: BTreeSet<Digest>,
+    pub blobs: BTreeSet<Digest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: MediaType,
+    pub bytes: Arc<[u8]>,
+    /// True when these are the stored bytes, false when rewritten.
+    pub verbatim: bool,
+    /// The image it describes (for an index: the image that holds the list).
+    pub image: Id,
+    /// Blobs it names (config and layers), or for an index, its children.
+    pub refs: Vec<Digest>,
+}
+
+#[derive(Debug, Clone)]
+pub enum BlobSource {
+    /// Bytes held in memory (image configs).
+    Bytes(Arc<[u8]>),
+    /// The uncompressed tar of a layer, rebuilt on demand.
+    Layer(Id),
+}
+
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
+    pub source: BlobSource,
+}
+
+/// An image left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    pub image: String,
+    pub reason: String,
+}
+
+/// Results of full layer checks (tar-split parsed, size summed) done by the caller:
+/// `Ok(size)` or `Err(why the layer cannot be rebuilt)`.
+pub type LayerChecks = HashMap<Id, Result<u64, String>>;
+
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    pub repos: BTreeMap<String, Repo>,
+    pub manifests: HashMap<Digest, Manifest>,
+    pub blobs: HashMap<Digest, Blob>,
+    pub excluded: Vec<Excluded>,
+    /// Names that cannot be mapped to a repository, and similar non-fatal problems.
+    pub warnings: Vec<String>,
+}
+
+/// The served form of one image (not a list).
+struct Served {
+    manifest: Digest,
+}
+
+impl Registry {
+    /// Builds the model. `checks` refines what the snapshot knows about layers.
+    pub fn build(snap: &Snapshot, checks: &LayerChecks) -> Registry {
+        let mut reg = Registry::default();
+        // Pass 1: single-image manifests.
+        let mut served: HashMap<Id, Served> = HashMap::new();
+        // Stored manifest digest -> served manifest digest, to resolve list children.
+        let mut by_stored: HashMap<Digest, Digest> = HashMap::new();
+        for img in &snap.images {
+            if img.top_layer.is_none() {
+                continue;
+            }
+            match reg.serve_image(snap, checks, img) {
+                Ok(s) => {
+                    for (key, v) in &img.big_data {
+                        if let (true, Ok(bytes)) = (key.starts_with("manifest"), v) {
+                            let is_image = Stored::parse(bytes)
+                                .and_then(|s| s.kind())
+                                .is_ok_and(|k| !matches!(k, StoredKind::Index(_)));
+                            if is_image {
+                                by_stored.insert(Digest::of(bytes), s.manifest);
+                            }
+                        }
+                    }
+                    by_stored.insert(s.manifest, s.manifest);
+                    served.insert(img.id, s);
+                }
+                Err(reason) => reg.excluded.push(Excluded { image: img.label(), reason }),
+            }
+        }
+        // Pass 2: lists, and what each image's names point at.
+        for img in &snap.images {
+            let top = match reg.serve_list(img, &by_stored) {
+                Ok(Some(list)) => list,
+                Ok(None) => match served.get(&img.id) {
+                    Some(s) => s.manifest,
+                    None if img.top_layer.is_none() => {
+                        reg.excluded.push(Excluded {
+                            image: img.label(),
+                            reason: "no layer and no manifest list".into(),
+                        });
+                        continue;
+                    }
+                    None => continue,
+                },
+                Err(reason) => {
+                    // A broken list still leaves the image itself servable.
+                    match served.get(&img.id) {
+                        Some(s) => {
+                            reg.warnings.push(format!("{}: manifest list not served: {reason}", img.label()));
+                            s.manifest
+                        }
+                        None => {
+                            reg.excluded.push(Excluded { image: img.label(), reason });
+                            continue;
+                        }
+                    }
+                }
+            };
+            reg.name_image(img, top);
+        }
+        reg.drop_conflicting_repos();
+        reg
+    }
+
+    fn serve_image(&mut self, snap: &Snapshot, checks: &LayerChecks, img: &Image) -> Result<Served, String> {
+        let top = img.top_layer.expect("caller checked");
+        // Walk top -> base, then reverse.
+        let mut chain = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut cur = Some(top);
+        while let Some(id) = cur {
+            if !seen.insert(id) {
+                return Err(format!("layer {id}: parent chain loops"));
+            }
+            let layer = snap.layers.get(&id).ok_or_else(|| format!("layer {id} is missing from layers.json"))?;
+            if let Some(p) = &layer.problem {
+                return Err(format!("layer {id}: {p}"));
+            }
+            let size = match checks.get(&id) {
+                Some(Err(why)) => return Err(format!("layer {id}: {why}")),
+                Some(Ok(size)) => *size,
+                None => layer.diff_size.ok_or_else(|| format!("layer {id}: size not known yet (diff-size unset)"))?,
+            };
+            let digest = layer.diff_digest.ok_or_else(|| format!("layer {id}: no diff-digest"))?;
+            chain.push((id, digest, size));
+            cur = layer.parent;
+        }
+        chain.reverse();
+
+        let config_key = format!("sha256:{}", img.id);
+        let config = match img.big_data.get(&config_key) {
+            Some(v) => v.clone(),
+            None => img
+                .big_data
+                .iter()
+                .find(|(k, _)| k.starts_with("sha256:"))
+                .map(|(_, v)| v.clone())
+                .ok_or("no image config in big data")?,
+        }
+        .map_err(|e| format!("image config unreadable: {e}"))?;
+        let config_digest = Digest::of(&config);
+
+        let stored_bytes = match img.big_data.get("manifest") {
+            Some(Ok(b)) => Some(b.clone()),
+            Some(Err(e)) => return Err(format!("manifest unreadable: {e}")),
+            None => None,
+        };
+        let stored = match &stored_bytes {
+            Some(b) => Some(Stored::parse(b)?),
+            None => None,
+        };
+        let kind = match &stored {
+            Some(s) => Some(s.kind()?),
+            None => None,
+        };
+
+        let verbatim = match (&stored, kind) {
+            (Some(s), Some(StoredKind::Image(_))) => {
+                let layers = s.layers.as_deref().unwrap_or_default();
+                s.config.as_ref().is_some_and(|c| c.digest.parse() == Ok(config_digest))
+                    && layers.len() == chain.len()
+                    && layers.iter().zip(&chain).all(|(d, (_, diff, _))| d.digest.parse() == Ok(*diff))
+            }
+            _ => false,
+        };
+        let (bytes, media_type): (Arc<[u8]>, MediaType) = match (verbatim, kind) {
+            (true, Some(StoredKind::Image(mt))) => (stored_bytes.expect("verbatim needs bytes"), mt),
+            _ => {
+                let mt = match kind {
+                    Some(StoredKind::Image(MediaType::DockerManifest)) | Some(StoredKind::Schema1) => {
+                        MediaType::DockerManifest
+                    }
+                    _ => MediaType::OciManifest,
+                };
+                let layers: Vec<(Digest, u64)> = chain.iter().map(|&(_, d, s)| (d, s)).collect();
+                let annotations = stored.as_ref().and_then(|s| s.annotations.as_ref());
+                let b = manifest::rewrite_image(mt, (config_digest, config.len() as u64), &layers, annotations);
+                (Arc::from(b), mt)
+            }
+        };
+        let digest = Digest::of(&bytes);
+        let mut refs = vec![config_digest];
+        self.blobs.entry(config_digest).or_insert(Blob {
+            digest: config_digest,
+            size: config.len() as u64,
+            source: BlobSource::Bytes(config),
+        });
+        for &(id, diff, size) in &chain {
+            refs.push(diff);
+            self.blobs.entry(diff).or_insert(Blob { digest: diff, size, source: BlobSource::Layer(id) });
+        }
+        self.manifests.insert(digest, Manifest { digest, media_type, bytes, verbatim, image: img.id, refs });
+        Ok(Served { manifest: digest })
+    }
+
+    /// The list this image's names should point at, if it has one: a `podman manifest`
+    /// list (no layer, `manifest` is an index) or a list stored by a pull.
+    fn serve_list(&mut self, img: &Image, by_stored: &HashMap<Digest, Digest>) -> Result<Option<Digest>, String> {
+        let mut list = None;
+        for (key, v) in &img.big_data {
+            let candidate = key == "manifest" || key.starts_with("manifest-");
+            if let (true, Ok(bytes)) = (candidate, v) {
+                if let Ok(s) = Stored::parse(bytes) {
+                    if let Ok(StoredKind::Index(mt)) = s.kind() {
+                        list = Some((bytes.clone(), s, mt));
+                        if key == "manifest" {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let Some((bytes, stored, mt)) = list else { return Ok(None) };
+        let entries = stored.manifests.as_deref().unwrap_or_default();
+        let mut children = Vec::new();
+        let mut all_verbatim = true;
+        for e in entries {
+            let child = e.digest.parse::<Digest>().ok().and_then(|d| by_stored.get(&d).map(|s| (d, *s)));
+            match child {
+                Some((want, got)) => {
+                    if want != got {
+                        all_verbatim = false;
+                    }
+                    children.push((got, e.platform.as_ref()));
+                }
+                None => all_verbatim = false,
+            }
+        }
+        if children.is_empty() {
+            return Err(format!("none of the {} images of the manifest list is in the store", entries.len()));
+        }
+        let (bytes, media_type, verbatim): (Arc<[u8]>, MediaType, bool) = if all_verbatim {
+            (bytes, mt, true)
+        } else {
+            let kids: Vec<manifest::Child> = children
+                .iter()
+                .map(|(d, platform)| {
+                    let m = &self.manifests[d];
+                    manifest::Child { media_type: m.media_type, digest: *d, size: m.bytes.len() as u64, platform: *platform }
+                })
+                .collect();
+            let out_mt = if mt == MediaType::DockerList && kids.iter().all(|k| k.media_type.is_docker()) {
+                MediaType::DockerList
+            } else {
+                MediaType::OciIndex
+            };
+            (Arc::from(manifest::rewrite_index(out_mt, &kids)), out_mt, false)
+        };
+        let digest = Digest::of(&bytes);
+        let refs = children.iter().map(|(d, _)| *d).collect();
+        self.manifests.insert(digest, Manifest { digest, media_type, bytes, verbatim, image: img.id, refs });
+        Ok(Some(digest))
+    }
+
+    fn name_image(&mut self, img: &Image, top: Digest) {
+        let mut named = false;
+        for name in &img.names {
+            match parse_name(name) {
+                Ok((repo, r)) => {
+                    let tag = match r {
+                        Ref::Tag(t) => Some(t),
+                        // A digested name refers to the stored (maybe compressed) manifest;
+                        // the repository still gets the image, under the served digest.
+                        Ref::Digest(_) => None,
+                    };
+                    self.add_to_repo(&repo, tag, top);
+                    named = true;
+                }
+                Err(e) => self.warnings.push(format!("{}: {e}", img.label())),
+            }
+        }
+        if !named {
+            self.add_to_repo(UNTAGGED_REPO, Some(img.id.hex()), top);
+        }
+    }
+
+    fn add_to_repo(&mut self, repo: &str, tag: Option<String>, top: Digest) {
+        let mut manifests = vec![top];
+        let mut blobs = Vec::new();
+        let mut i = 0;
+        while i < manifests.len() {
+            let m = &self.manifests[&manifests[i]];
+            if m.media_type.is_index() {
+                manifests.extend(m.refs.iter().copied());
+            } else {
+                blobs.extend(m.refs.iter().copied());
+            }
+            i += 1;
+        }
+        let r = self.repos.entry(repo.to_string()).or_default();
+        if let Some(t) = tag {
+            r.tags.insert(t, top);
+        }
+        r.manifests.extend(manifests);
+        r.blobs.extend(blobs);
+    }
+
+    /// A repository `a/b/tags` cannot coexist with a repository `a/b` in a file tree.
+    fn drop_conflicting_repos(&mut self) {
+        let names: Vec<String> = self.repos.keys().cloned().collect();
+        for name in names {
+            if let Some((parent, last)) = name.rsplit_once('/') {
+                if RESERVED.contains(&last) && self.repos.contains_key(parent) {
+                    self.repos.remove(&name);
+                    self.excluded.push(Excluded {
+                        image: name.clone(),
+                        reason: format!("repository {name} collides with the {last}/ directory of repository {parent}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The repository names, sorted.
+    pub fn catalog(&self) -> Vec<&str> {
+        self.repos.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

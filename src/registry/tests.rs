@@ -1,0 +1,183 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::store::{ChangeToken, Driver, Layer, Location};
+
+fn id(n: u8) -> Id {
+    format!("{n:02x}").repeat(32).parse().unwrap()
+}
+
+fn layer(n: u8, parent: Option<u8>) -> Layer {
+    Layer {
+        id: id(n),
+        parent: parent.map(id),
+        diff_digest: Some(Digest::of(&[n])),
+        diff_size: Some(1024 * n as u64),
+        problem: None,
+    }
+}
+
+fn image(n: u8, names: &[&str], top: Option<u8>, big: Vec<(String, Vec<u8>)>) -> Image {
+    Image {
+        id: id(n),
+        names: names.iter().map(|s| s.to_string()).collect(),
+        top_layer: top.map(id),
+        big_data: big.into_iter().map(|(k, v)| (k, Ok(Arc::from(v)))).collect(),
+        created: None,
+    }
+}
+
+fn snap(images: Vec<Image>, layers: Vec<Layer>) -> Snapshot {
+    Snapshot {
+        location: Location { graphroot: PathBuf::from("/nonexistent"), driver: Driver::Overlay },
+        token: ChangeToken::default(),
+        images,
+        layers: layers.into_iter().map(|l| (l.id, l)).collect(),
+        warnings: vec![],
+    }
+}
+
+fn oci_manifest(config: &[u8], layer_digests: &[Digest], mt: &str, layer_mt: &str) -> Vec<u8> {
+    let layers: Vec<String> = layer_digests
+        .iter()
+        .map(|d| format!(r#"{{"mediaType":"{layer_mt}","digest":"{d}","size":1}}"#))
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"x","digest":"{}","size":{}}},"layers":[{}]}}"#,
+        Digest::of(config),
+        config.len(),
+        layers.join(",")
+    )
+    .into_bytes()
+}
+
+/// An image built locally: stored manifest names the diff digests.
+fn built(n: u8, name: &str, layers: &[u8]) -> (Image, Vec<u8>) {
+    let config = format!(r#"{{"n":{n}}}"#).into_bytes();
+    let diffs: Vec<Digest> = layers.iter().map(|&l| Digest::of(&[l])).collect();
+    let m = oci_manifest(&config, &diffs, manifest::OCI_MANIFEST, manifest::OCI_LAYER_TAR);
+    let cfg_key = format!("{}", Digest::of(&config));
+    let img = Image {
+        id: Digest::of(&config).as_id(),
+        ..image(n, &[name], layers.last().copied(), vec![("manifest".into(), m.clone()), (cfg_key, config)])
+    };
+    (img, m)
+}
+
+#[test]
+fn verbatim_when_layers_are_diff_digests() {
+    let (img, m) = built(1, "localhost/app/web:v1", &[1, 2]);
+    let reg = Registry::build(&snap(vec![img], vec![layer(1, None), layer(2, Some(1))]), &LayerChecks::new());
+    assert!(reg.excluded.is_empty(), "{:?}", reg.excluded);
+    let repo = &reg.repos["localhost/app/web"];
+    let d = repo.tags["v1"];
+    assert_eq!(d, Digest::of(&m));
+    let man = &reg.manifests[&d];
+    assert!(man.verbatim);
+    assert_eq!(&*man.bytes, &m[..]);
+    assert_eq!(repo.blobs.len(), 3);
+    assert_eq!(reg.blobs[&Digest::of(&[2])].size, 2048);
+}
+
+#[test]
+fn rewritten_when_layers_were_compressed_and_deterministic() {
+    let config = b"{\"cfg\":1}".to_vec();
+    let stored = oci_manifest(&config, &[Digest::of(b"gz1")], manifest::DOCKER_MANIFEST, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    let mk = || {
+        let img = Image {
+            id: Digest::of(&config).as_id(),
+            ..image(1, &["docker.io/library/alpine:3"], Some(1), vec![
+                ("manifest".into(), stored.clone()),
+                (Digest::of(&config).to_string(), config.clone()),
+            ])
+        };
+        Registry::build(&snap(vec![img], vec![layer(1, None)]), &LayerChecks::new())
+    };
+    let (a, b) = (mk(), mk());
+    let da = a.repos["docker.io/library/alpine"].tags["3"];
+    assert_eq!(da, b.repos["docker.io/library/alpine"].tags["3"]);
+    let m = &a.manifests[&da];
+    assert!(!m.verbatim);
+    assert_eq!(m.media_type, MediaType::DockerManifest);
+    let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+    assert_eq!(v["layers"][0]["mediaType"], manifest::DOCKER_LAYER_TAR);
+    assert_eq!(v["layers"][0]["digest"], Digest::of(&[1]).to_string());
+    assert_eq!(v["layers"][0]["size"], 1024);
+    assert_eq!(v["config"]["digest"], Digest::of(&config).to_string());
+}
+
+#[test]
+fn bad_layers_exclude_the_image_with_a_reason() {
+    let (img, _) = built(1, "localhost/a:1", &[1, 2]);
+    let (img2, _) = built(2, "localhost/b:1", &[3]);
+    let mut l2 = layer(2, Some(1));
+    l2.problem = Some("no tar-split metadata".into());
+    let s = snap(vec![img.clone(), img2.clone()], vec![layer(1, None), l2, layer(3, None)]);
+    let reg = Registry::build(&s, &LayerChecks::new());
+    assert_eq!(reg.excluded.len(), 1);
+    assert!(reg.excluded[0].reason.contains("tar-split"), "{:?}", reg.excluded);
+    assert!(reg.excluded[0].image.contains("localhost/a:1"));
+    assert!(reg.repos.contains_key("localhost/b"));
+    // A failed full check excludes too.
+    let mut checks = LayerChecks::new();
+    checks.insert(id(3), Err("tar-split rebuilds 1 bytes but diff-size is 2".into()));
+    let reg = Registry::build(&snap(vec![img, img2], vec![layer(1, None), layer(2, Some(1)), layer(3, None)]), &checks);
+    assert_eq!(reg.excluded.len(), 1, "{:?}", reg.excluded);
+    assert!(reg.excluded[0].reason.contains("diff-size"));
+    assert!(reg.repos.contains_key("localhost/a"));
+    // Missing parent.
+    let (img, _) = built(1, "localhost/a:1", &[1, 2]);
+    let reg = Registry::build(&snap(vec![img], vec![layer(2, Some(1))]), &LayerChecks::new());
+    assert!(reg.excluded[0].reason.contains("missing"));
+}
+
+#[test]
+fn unnamed_images_are_tagged_by_id() {
+    let (mut img, m) = built(1, "x", &[1]);
+    img.names.clear();
+    let iid = img.id;
+    let reg = Registry::build(&snap(vec![img], vec![layer(1, None)]), &LayerChecks::new());
+    assert_eq!(reg.repos[UNTAGGED_REPO].tags[&iid.hex()], Digest::of(&m));
+}
+
+#[test]
+fn lists_verbatim_only_when_complete() {
+    let (a, ma) = built(1, "localhost/multi-amd64:1", &[1]);
+    let (b, mb) = built(2, "localhost/multi-arm64:1", &[2]);
+    let list = |digests: &[(Digest, usize, &str)]| {
+        let entries: Vec<String> = digests
+            .iter()
+            .map(|(d, s, arch)| format!(r#"{{"mediaType":"{}","digest":"{d}","size":{s},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#, manifest::OCI_MANIFEST))
+            .collect();
+        format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#, manifest::OCI_INDEX, entries.join(",")).into_bytes()
+    };
+    let full = list(&[(Digest::of(&ma), ma.len(), "amd64"), (Digest::of(&mb), mb.len(), "arm64")]);
+    let list_img = image(9, &["localhost/multi:1"], None, vec![("manifest".into(), full.clone())]);
+    let layers = vec![layer(1, None), layer(2, None)];
+    let reg = Registry::build(&snap(vec![a.clone(), b, list_img.clone()], layers.clone()), &LayerChecks::new());
+    let d = reg.repos["localhost/multi"].tags["1"];
+    assert_eq!(d, Digest::of(&full));
+    assert!(reg.manifests[&d].verbatim);
+    assert_eq!(reg.repos["localhost/multi"].manifests.len(), 3);
+    assert_eq!(reg.repos["localhost/multi"].blobs.len(), 4);
+    // One child missing: rebuilt index of the one present, platform kept.
+    let reg = Registry::build(&snap(vec![a, list_img], layers), &LayerChecks::new());
+    let d = reg.repos["localhost/multi"].tags["1"];
+    let m = &reg.manifests[&d];
+    assert!(!m.verbatim);
+    assert_eq!(m.media_type, MediaType::OciIndex);
+    let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+    assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
+    assert_eq!(v["manifests"][0]["digest"], Digest::of(&ma).to_string());
+}
+
+#[test]
+fn reserved_repo_names_conflict() {
+    let (a, _) = built(1, "localhost/a:1", &[1]);
+    let (b, _) = built(2, "localhost/a/tags:1", &[2]);
+    let reg = Registry::build(&snap(vec![a, b], vec![layer(1, None), layer(2, None)]), &LayerChecks::new());
+    assert!(reg.repos.contains_key("localhost/a"));
+    assert!(!reg.repos.contains_key("localhost/a/tags"));
+    assert_eq!(reg.excluded.len(), 1);
+}
