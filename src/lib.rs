@@ -8,6 +8,7 @@
 
 pub mod digest;
 pub mod fs;
+pub mod host;
 pub mod registry;
 pub mod store;
 pub mod tarsplit;

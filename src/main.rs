@@ -1,1 +1,292 @@
-fn main(){}
+//! The `cstor-fs` command: mount (the default), `list`, `verify` and `serve`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sha2::Digest as _;
+
+use cstor_fs::fs::{MountConfig, MountOptions};
+use cstor_fs::host::{Host, DEFAULT_INDEX_BUDGET};
+use cstor_fs::registry::{BlobSource, Registry};
+use cstor_fs::store::{self, config, Store};
+use cstor_fs::tarsplit::BlobReader;
+use cstor_fs::Digest;
+
+/// Serve containers-storage, read-only, as a registry-shaped FUSE tree.
+///
+/// Mount: cstor-fs [OPTIONS] [STORE] MOUNTPOINT [-o OPT[,OPT...]]
+///
+/// STORE defaults to the graphroot podman would use. Mount options: allow_other,
+/// allow_root, auto_unmount, storage=DIR, driver=overlay|vfs, uid=N, gid=N,
+/// file_mode=0444, dir_mode=0555, fsname=NAME; generic ones that mount(8) passes
+/// (rw, ro, nodev, nosuid, noauto, nofail, _netdev, x-systemd.*, ...) are accepted.
+/// Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
+#[derive(Parser, Debug)]
+#[command(name = "cstor-fs", version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    mount: MountArgs,
+}
+
+#[derive(Args, Debug)]
+struct MountArgs {
+    /// [STORE] MOUNTPOINT
+    #[arg(value_name = "PATH", num_args = 0..=2)]
+    paths: Vec<PathBuf>,
+    /// Mount options, comma-separated (may be repeated).
+    #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+    options: Vec<String>,
+    /// Stay in the foreground (for systemd); otherwise detach once the mount is live.
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// How often to look for store changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    poll_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StoreArgs {
+    /// The store's graphroot (default: as podman would use).
+    #[arg(long, value_name = "DIR")]
+    storage: Option<PathBuf>,
+    /// Storage driver (default: from storage.conf, or probed).
+    #[arg(long, value_name = "overlay|vfs")]
+    driver: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print repositories, tags, manifests and blobs, and what was left out and why.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Stream every served blob and manifest and check it hashes to its digest.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Names (repo:tag, repo), image ids or id prefixes; default: everything.
+        images: Vec<String>,
+    },
+}
+
+fn open_host(storage: Option<PathBuf>, driver: Option<&str>) -> Result<Arc<Host>> {
+    let req = config::Request { graphroot: storage, driver: driver.map(str::parse).transpose()? };
+    let location = config::resolve(&req, &config::Env::from_process())?;
+    let store = Store::open(location.clone())
+        .with_context(|| format!("opening {} store at {}", location.driver, location.graphroot.display()))?;
+    Ok(Arc::new(Host::new(store, DEFAULT_INDEX_BUDGET)?))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser=warn")).init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Some(Cmd::List { store }) => list(store),
+        Some(Cmd::Verify { store, images }) => verify(store, &images),
+        None => mount(cli.mount),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cstor-fs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mount(args: MountArgs) -> Result<ExitCode> {
+    let options = MountOptions::parse(args.options.iter().map(String::as_str)).map_err(anyhow::Error::msg)?;
+    let (storage, mountpoint) = match args.paths.as_slice() {
+        [m] => (options.storage.clone(), m.clone()),
+        [s, m] => {
+            if options.storage.is_some() {
+                bail!("the store is given twice (STORE and -o storage=)");
+            }
+            (Some(s.clone()), m.clone())
+        }
+        _ => bail!("usage: cstor-fs [OPTIONS] [STORE] MOUNTPOINT [-o OPT,...] (see --help)"),
+    };
+    let host = open_host(storage, options.driver.as_deref())?;
+    let fsname = host.store().location().graphroot.display().to_string();
+    let view = host.view();
+    for w in view.snapshot.warnings.iter().chain(&view.registry.warnings) {
+        log::warn!("{w}");
+    }
+    for x in &view.registry.excluded {
+        log::warn!("left out {}: {}", x.image, x.reason);
+    }
+    let cfg = MountConfig {
+        mountpoint,
+        options,
+        foreground: args.foreground,
+        threads: args.threads,
+        poll: Duration::from_millis(args.poll_ms.max(10)),
+        fsname,
+    };
+    cstor_fs::fs::run(host, cfg, || {})?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checked_host(store: &StoreArgs) -> Result<Arc<Host>> {
+    let host = open_host(store.storage.clone(), store.driver.as_deref())?;
+    // Full checks first, so size mismatches show as exclusions.
+    host.check_unchecked();
+    host.refresh()?;
+    Ok(host)
+}
+
+fn list(store: StoreArgs) -> Result<ExitCode> {
+    let host = checked_host(&store)?;
+    let view = host.view();
+    let reg = &view.registry;
+    let mut out = std::io::stdout().lock();
+    let loc = host.store().location();
+    writeln!(out, "store {} ({})", loc.graphroot.display(), store::Driver::name(loc.driver))?;
+    for (name, repo) in &reg.repos {
+        writeln!(out, "\n{name}")?;
+        for (tag, d) in &repo.tags {
+            writeln!(out, "  tag {tag} -> {d}")?;
+        }
+        for d in &repo.manifests {
+            let m = &reg.manifests[d];
+            let how = if m.verbatim { "verbatim" } else { "rewritten" };
+            writeln!(out, "  manifest {d} {} {} bytes, {how}, image {}", m.media_type.as_str(), m.bytes.len(), m.image.short())?;
+        }
+        for d in &repo.blobs {
+            let b = &reg.blobs[d];
+            let what = match &b.source {
+                BlobSource::Bytes(_) => "config".to_string(),
+                BlobSource::Layer(id) => format!("layer {}", id.short()),
+            };
+            writeln!(out, "  blob {d} {} bytes, {what}", b.size)?;
+        }
+    }
+    if !reg.excluded.is_empty() {
+        writeln!(out, "\nleft out:")?;
+        for x in &reg.excluded {
+            writeln!(out, "  {}: {}", x.image, x.reason)?;
+        }
+    }
+    let warnings: Vec<&String> = view.snapshot.warnings.iter().chain(&reg.warnings).collect();
+    if !warnings.is_empty() {
+        writeln!(out, "\nwarnings:")?;
+        for w in warnings {
+            writeln!(out, "  {w}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manifests (and so blobs) selected by `images`, or all.
+fn selected(reg: &Registry, images: &[String]) -> Result<Vec<Digest>> {
+    if images.is_empty() {
+        let mut all: Vec<Digest> = reg.manifests.keys().copied().collect();
+        all.sort();
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for want in images {
+        let before = out.len();
+        for (name, repo) in &reg.repos {
+            for (tag, d) in &repo.tags {
+                if *want == format!("{name}:{tag}") || *want == *name {
+                    out.push(*d);
+                }
+            }
+        }
+        if want.len() >= 12 && want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            out.extend(reg.manifests.values().filter(|m| m.image.hex().starts_with(want.as_str())).map(|m| m.digest));
+        }
+        if out.len() == before {
+            bail!("{want}: no such image is served (see `cstor-fs list`)");
+        }
+    }
+    // Children of indexes.
+    let mut i = 0;
+    while i < out.len() {
+        let m = &reg.manifests[&out[i]];
+        if m.media_type.is_index() {
+            out.extend(m.refs.iter().copied());
+        }
+        i += 1;
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn verify(store: StoreArgs, images: &[String]) -> Result<ExitCode> {
+    let host = checked_host(&store)?;
+    let view = host.view();
+    let reg = &view.registry;
+    let manifests = selected(reg, images)?;
+    let mut blobs: Vec<Digest> = Vec::new();
+    let (mut ok, mut bad) = (0usize, 0usize);
+    let mut out = std::io::stdout().lock();
+    for d in &manifests {
+        let m = &reg.manifests[d];
+        if Digest::of(&m.bytes) == *d {
+            ok += 1;
+        } else {
+            bad += 1;
+            writeln!(out, "FAIL manifest {d}: bytes hash differently")?;
+        }
+        if !m.media_type.is_index() {
+            blobs.extend(m.refs.iter().copied());
+        }
+    }
+    blobs.sort();
+    blobs.dedup();
+    for d in &blobs {
+        let b = &reg.blobs[d];
+        let started = std::time::Instant::now();
+        let result = match &b.source {
+            BlobSource::Bytes(bytes) => Ok((Digest::of(bytes), bytes.len() as u64)),
+            BlobSource::Layer(id) => host.open_layer(&view, id).and_then(|blob| {
+                let r = BlobReader::new(blob);
+                let mut h = sha2::Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut off = 0u64;
+                loop {
+                    let n = r.read_at(off, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    off += n as u64;
+                }
+                Ok((Digest::from_sha256(h.finalize().into()), off))
+            }),
+        };
+        match result {
+            Ok((got, size)) if got == *d && size == b.size => {
+                ok += 1;
+                writeln!(out, "ok   {d} {size} bytes {:.2}s", started.elapsed().as_secs_f64())?;
+            }
+            Ok((got, size)) => {
+                bad += 1;
+                writeln!(out, "FAIL {d}: read {size} bytes (expected {}) hashing to {got}", b.size)?;
+            }
+            Err(e) => {
+                bad += 1;
+                writeln!(out, "FAIL {d}: {e}")?;
+            }
+        }
+    }
+    for x in &reg.excluded {
+        writeln!(out, "left out {}: {}", x.image, x.reason)?;
+    }
+    writeln!(out, "{ok} verified, {bad} failed")?;
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,185 @@
+//! Mounting: the fuser session, daemonizing once the mount is live, the refresh and
+//! layer-check loops, and unmounting on SIGINT/SIGTERM/SIGHUP.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
+
+use super::options::MountOptions;
+use super::{CstorFs, Shared};
+use crate::host::Host;
+
+/// How a mount runs.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    pub options: MountOptions,
+    pub foreground: bool,
+    pub threads: usize,
+    /// How often the store is checked for changes.
+    pub poll: Duration,
+    /// Source shown in /proc/mounts (overridden by `-o fsname=`).
+    pub fsname: String,
+}
+
+/// Mounts and serves until unmounted or signalled. Without `foreground`, the calling
+/// process exits with status 0 as soon as the mount is live and a child serves it.
+pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
+    let signals = block_signals()?;
+    let shared = Shared::new(host.clone(), cfg.options.attrs());
+    let mut opts = vec![
+        MountOption::FSName(cfg.options.fsname.clone().unwrap_or(cfg.fsname.clone())),
+        MountOption::Subtype("cstor-fs".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    if cfg.options.auto_unmount {
+        opts.push(MountOption::AutoUnmount);
+    }
+    let mut config = Config::default();
+    config.mount_options = opts;
+    config.acl = if cfg.options.allow_other {
+        SessionACL::All
+    } else if cfg.options.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    let mut session = Session::new(CstorFs::new(shared.clone()), &cfg.mountpoint, &config)
+        .map_err(|e| io::Error::new(e.kind(), format!("mounting at {}: {e}", cfg.mountpoint.display())))?;
+    if !cfg.foreground {
+        daemonize()?;
+    }
+    on_live();
+    let view = host.view();
+    log::info!(
+        "mounted {} at {}: {} repositories, {} images left out",
+        host.store().location().graphroot.display(),
+        cfg.mountpoint.display(),
+        view.registry.repos.len(),
+        view.registry.excluded.len()
+    );
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = cfg.mountpoint.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let sig = wait_signal(&signals);
+        log::info!("signal {sig}: unmounting {}", mountpoint.display());
+        if let Err(e) = unmounter.unmount() {
+            log::error!("unmounting {}: {e}", mountpoint.display());
+        }
+    })?;
+    let notifier = session.notifier();
+    let poll = cfg.poll;
+    let s = shared.clone();
+    std::thread::Builder::new().name("refresh".into()).spawn(move || refresh_loop(&s, &notifier, poll))?;
+    let h = host.clone();
+    std::thread::Builder::new().name("check".into()).spawn(move || loop {
+        if h.check_unchecked() == 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })?;
+    let r = session.run();
+    log::info!("unmounted {}", cfg.mountpoint.display());
+    r
+}
+
+fn refresh_loop(shared: &Shared, notifier: &Notifier, poll: Duration) {
+    let mut last_err = String::new();
+    loop {
+        std::thread::sleep(poll);
+        match shared.host().refresh() {
+            Ok(Some(view)) => {
+                last_err.clear();
+                let gone = shared.update();
+                log::info!(
+                    "store changed: {} repositories, {} images left out, {} names gone",
+                    view.registry.repos.len(),
+                    view.registry.excluded.len(),
+                    gone.len()
+                );
+                for w in &view.snapshot.warnings {
+                    log::warn!("{w}");
+                }
+                for (parent, name) in gone {
+                    // ENOENT just means the kernel had not cached it.
+                    let _ = notifier.inval_entry(INodeNo(parent), name.as_ref());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_err {
+                    log::error!("reading the store: {msg} (still serving the last good state)");
+                    last_err = msg;
+                }
+            }
+        }
+    }
+}
+
+fn sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the stop signals in this thread and every thread it starts later, so one
+/// thread can wait for them.
+fn block_signals() -> io::Result<libc::sigset_t> {
+    let set = sigset();
+    // SAFETY: valid set pointer; a null old-set pointer is allowed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(set)
+}
+
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: valid set and out pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+/// Forks; the parent exits 0 (the mount is already live), the child detaches.
+fn daemonize() -> io::Result<()> {
+    // SAFETY: no other threads exist yet (they are started after this), so fork is safe.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: _exit skips destructors, so the parent does not unmount the child's mount.
+        0 => {
+            // SAFETY: plain syscalls on valid arguments.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                    libc::dup2(null, 1);
+                    if std::env::var_os("RUST_LOG").is_none() {
+                        libc::dup2(null, 2);
+                    }
+                    if null > 2 {
+                        libc::close(null);
+                    }
+                }
+            }
+            let _ = std::env::set_current_dir("/");
+            Ok(())
+        }
+        _ => unsafe { libc::_exit(0) },
+    }
+}
