@@ -71,9 +71,7 @@ impl Id {
 impl FromStr for Id {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        parse_hex64(s)
-            .map(Id)
-            .ok_or_else(|| ParseError(format!("{s:?} is not a 64-character lowercase hex id")))
+        parse_hex64(s).map(Id).ok_or_else(|| ParseError(format!("{s:?} is not a 64-character lowercase hex id")))
     }
 }
 

@@ -90,12 +90,8 @@ impl Host {
 
     fn publish(&self, snapshot: Snapshot) -> Arc<View> {
         // Layers whose size only a parse can tell must be checked before serving.
-        let unknown: Vec<Id> = snapshot
-            .layers
-            .values()
-            .filter(|l| l.diff_size.is_none() && l.problem.is_none())
-            .map(|l| l.id)
-            .collect();
+        let unknown: Vec<Id> =
+            snapshot.layers.values().filter(|l| l.diff_size.is_none() && l.problem.is_none()).map(|l| l.id).collect();
         for id in unknown {
             if !self.checks.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
                 let _ = self.check_layer(&snapshot, &id);
@@ -127,9 +123,11 @@ impl Host {
 
     fn record_check(&self, id: &Id, result: Result<u64, String>) {
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        if result.is_err() && checks.get(id).is_none_or(|r| r.is_ok()) {
-            log::warn!("layer {id} cannot be served: {}", result.as_ref().unwrap_err());
-            self.checks_dirty.store(true, Ordering::Release);
+        if let Err(why) = &result {
+            if checks.get(id).is_none_or(|r| r.is_ok()) {
+                log::warn!("layer {id} cannot be served: {why}");
+                self.checks_dirty.store(true, Ordering::Release);
+            }
         }
         checks.insert(*id, result);
     }

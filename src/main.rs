@@ -161,7 +161,13 @@ fn list(store: StoreArgs) -> Result<ExitCode> {
         for d in &repo.manifests {
             let m = &reg.manifests[d];
             let how = if m.verbatim { "verbatim" } else { "rewritten" };
-            writeln!(out, "  manifest {d} {} {} bytes, {how}, image {}", m.media_type.as_str(), m.bytes.len(), m.image.short())?;
+            writeln!(
+                out,
+                "  manifest {d} {} {} bytes, {how}, image {}",
+                m.media_type.as_str(),
+                m.bytes.len(),
+                m.image.short()
+            )?;
         }
         for d in &repo.blobs {
             let b = &reg.blobs[d];

@@ -94,18 +94,26 @@ fn refresh_loop(shared: &Shared, notifier: &Notifier, poll: Duration) {
     let mut last_err = String::new();
     loop {
         std::thread::sleep(poll);
+        let before = shared.host().view();
         match shared.host().refresh() {
             Ok(Some(view)) => {
                 last_err.clear();
                 let gone = shared.update();
-                log::info!(
-                    "store changed: {} repositories, {} images left out, {} names gone",
-                    view.registry.repos.len(),
-                    view.registry.excluded.len(),
-                    gone.len()
-                );
-                for w in &view.snapshot.warnings {
-                    log::warn!("{w}");
+                // podman touches the lock files on every command: only real changes are news.
+                let (a, b) = (&before.registry, &view.registry);
+                if a.repos != b.repos || a.excluded != b.excluded || !gone.is_empty() {
+                    log::info!(
+                        "store changed: {} repositories, {} images left out, {} names gone",
+                        b.repos.len(),
+                        b.excluded.len(),
+                        gone.len()
+                    );
+                    for w in &view.snapshot.warnings {
+                        log::warn!("{w}");
+                    }
+                    for x in b.excluded.iter().filter(|x| !a.excluded.contains(x)) {
+                        log::warn!("left out {}: {}", x.image, x.reason);
+                    }
                 }
                 for (parent, name) in gone {
                     // ENOENT just means the kernel had not cached it.

@@ -21,10 +21,39 @@ pub struct MountOptions {
 
 /// Options mount(8) and systemd pass that mean nothing to a read-only FUSE daemon.
 const IGNORED: &[&str] = &[
-    "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "nofail", "_netdev",
-    "user", "nouser", "users", "owner", "group", "defaults", "async", "sync", "atime", "noatime", "relatime",
-    "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "default_permissions",
-    "silent", "loud", "comment",
+    "ro",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "defaults",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "nolazytime",
+    "default_permissions",
+    "silent",
+    "loud",
+    "comment",
 ];
 
 impl MountOptions {
@@ -39,7 +68,9 @@ impl MountOptions {
                 };
                 let need = || val.ok_or_else(|| format!("mount option {key} needs a value ({key}=...)"));
                 let num = |radix| {
-                    need().and_then(|v| u32::from_str_radix(v, radix).map_err(|_| format!("mount option {opt}: not a number")))
+                    need().and_then(|v| {
+                        u32::from_str_radix(v, radix).map_err(|_| format!("mount option {opt}: not a number"))
+                    })
                 };
                 match key {
                     "allow_other" => o.allow_other = true,
@@ -87,7 +118,11 @@ mod tests {
 
     #[test]
     fn parses_what_mount_passes() {
-        let o = MountOptions::parse(["rw,nosuid,nodev,allow_other,auto_unmount", "storage=/s,uid=33,gid=33,x-systemd.automount,_netdev"]).unwrap();
+        let o = MountOptions::parse([
+            "rw,nosuid,nodev,allow_other,auto_unmount",
+            "storage=/s,uid=33,gid=33,x-systemd.automount,_netdev",
+        ])
+        .unwrap();
         assert!(o.allow_other && o.auto_unmount);
         assert_eq!(o.storage, Some(PathBuf::from("/s")));
         assert_eq!((o.uid, o.gid), (Some(33), Some(33)));

@@ -41,7 +41,10 @@ impl Content {
 #[derive(Debug, Clone)]
 pub enum Kind {
     /// `after_tags_of`: this is a `.after` directory of that repository.
-    Dir { children: BTreeMap<String, u64>, after_tags_of: Option<String> },
+    Dir {
+        children: BTreeMap<String, u64>,
+        after_tags_of: Option<String>,
+    },
     File(Content),
     Link(String),
 }
@@ -140,7 +143,8 @@ impl Tree {
         );
         let reg = &view.registry;
         let v2 = b.dir(ROOT, "v2");
-        let mut catalog = serde_json::to_vec(&serde_json::json!({ "repositories": reg.catalog() })).expect("plain JSON");
+        let mut catalog =
+            serde_json::to_vec(&serde_json::json!({ "repositories": reg.catalog() })).expect("plain JSON");
         catalog.push(b'\n');
         b.file(v2, "_catalog", Content::Bytes(catalog.into()), false);
         for (name, repo) in &reg.repos {
@@ -150,12 +154,7 @@ impl Tree {
             }
             let tags = b.dir(dir, "tags");
             b.file(tags, "list", Content::Bytes(tags_json(reg, name, None).into()), false);
-            b.add(
-                tags,
-                ".after",
-                Kind::Dir { children: BTreeMap::new(), after_tags_of: Some(name.clone()) },
-                false,
-            );
+            b.add(tags, ".after", Kind::Dir { children: BTreeMap::new(), after_tags_of: Some(name.clone()) }, false);
             let manifests = b.dir(dir, "manifests");
             let refs = b.dir(manifests, ".ref");
             for d in &repo.manifests {

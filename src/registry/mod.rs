@@ -27,7 +27,7 @@ pub const UNTAGGED_REPO: &str = "untagged";
 /// Directory names inside a repository; a nested repository may not use them.
 const RESERVED: [&str; 3] = ["blobs", "manifests", "tags"];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repo {
     pub tags: BTreeMap<String, Digest>,
     pub manifests: BTreeSet<Digest>,
@@ -125,10 +125,8 @@ impl Registry {
                 Ok(None) => match served.get(&img.id) {
                     Some(s) => s.manifest,
                     None if img.top_layer.is_none() => {
-                        reg.excluded.push(Excluded {
-                            image: img.label(),
-                            reason: "no layer and no manifest list".into(),
-                        });
+                        reg.excluded
+                            .push(Excluded { image: img.label(), reason: "no layer and no manifest list".into() });
                         continue;
                     }
                     None => continue,
@@ -191,42 +189,49 @@ impl Registry {
         .map_err(|e| format!("image config unreadable: {e}"))?;
         let config_digest = Digest::of(&config);
 
-        let stored_bytes = match img.big_data.get("manifest") {
-            Some(Ok(b)) => Some(b.clone()),
-            Some(Err(e)) => return Err(format!("manifest unreadable: {e}")),
-            None => None,
-        };
-        let stored = match &stored_bytes {
-            Some(b) => Some(Stored::parse(b)?),
-            None => None,
-        };
-        let kind = match &stored {
-            Some(s) => Some(s.kind()?),
-            None => None,
-        };
-
-        let verbatim = match (&stored, kind) {
-            (Some(s), Some(StoredKind::Image(_))) => {
-                let layers = s.layers.as_deref().unwrap_or_default();
-                s.config.as_ref().is_some_and(|c| c.digest.parse() == Ok(config_digest))
-                    && layers.len() == chain.len()
-                    && layers.iter().zip(&chain).all(|(d, (_, diff, _))| d.digest.parse() == Ok(*diff))
+        // The `manifest` key first, then every other stored manifest: a re-pull may
+        // have overwritten `manifest` while an earlier, servable one is kept.
+        let mut stored: Vec<(Arc<[u8]>, Stored, StoredKind)> = Vec::new();
+        let keys = std::iter::once("manifest")
+            .chain(img.big_data.keys().map(String::as_str).filter(|k| k.starts_with("manifest-")));
+        for key in keys {
+            match img.big_data.get(key) {
+                Some(Ok(b)) => {
+                    let parsed = Stored::parse(b).and_then(|s| s.kind().map(|k| (s, k)));
+                    match parsed {
+                        Ok((s, k)) => stored.push((b.clone(), s, k)),
+                        Err(e) if key == "manifest" => return Err(e),
+                        Err(_) => {}
+                    }
+                }
+                Some(Err(e)) if key == "manifest" => return Err(format!("manifest unreadable: {e}")),
+                _ => {}
             }
-            _ => false,
+        }
+        let servable = |s: &Stored| {
+            let layers = s.layers.as_deref().unwrap_or_default();
+            s.config.as_ref().is_some_and(|c| c.digest.parse() == Ok(config_digest))
+                && layers.len() == chain.len()
+                && layers.iter().zip(&chain).all(|(d, (_, diff, _))| d.digest.parse() == Ok(*diff))
         };
-        let (bytes, media_type): (Arc<[u8]>, MediaType) = match (verbatim, kind) {
-            (true, Some(StoredKind::Image(mt))) => (stored_bytes.expect("verbatim needs bytes"), mt),
-            _ => {
-                let mt = match kind {
+        let verbatim = stored.iter().find_map(|(b, s, k)| match k {
+            StoredKind::Image(mt) if servable(s) => Some((b.clone(), *mt)),
+            _ => None,
+        });
+        let (bytes, media_type, verbatim): (Arc<[u8]>, MediaType, bool) = match verbatim {
+            Some((b, mt)) => (b, mt, true),
+            None => {
+                let first = stored.iter().find(|(_, _, k)| !matches!(k, StoredKind::Index(_)));
+                let mt = match first.map(|(_, _, k)| *k) {
                     Some(StoredKind::Image(MediaType::DockerManifest)) | Some(StoredKind::Schema1) => {
                         MediaType::DockerManifest
                     }
                     _ => MediaType::OciManifest,
                 };
                 let layers: Vec<(Digest, u64)> = chain.iter().map(|&(_, d, s)| (d, s)).collect();
-                let annotations = stored.as_ref().and_then(|s| s.annotations.as_ref());
+                let annotations = first.and_then(|(_, s, _)| s.annotations.as_ref());
                 let b = manifest::rewrite_image(mt, (config_digest, config.len() as u64), &layers, annotations);
-                (Arc::from(b), mt)
+                (Arc::from(b), mt, false)
             }
         };
         let digest = Digest::of(&bytes);
@@ -245,18 +250,20 @@ impl Registry {
     }
 
     /// The list this image's names should point at, if it has one: a `podman manifest`
-    /// list (no layer, `manifest` is an index) or a list stored by a pull.
+    /// list (no layer, `manifest` is an index), or the list an image was pulled through
+    /// (its first recorded digest is that list's). An image that only later gained a
+    /// list (pulled again through one) keeps its own manifest, as `podman push` would.
     fn serve_list(&mut self, img: &Image, by_stored: &HashMap<Digest, Digest>) -> Result<Option<Digest>, String> {
         let mut list = None;
+        let pulled_via = img.first_digest.map(|d| format!("manifest-{d}"));
         for (key, v) in &img.big_data {
-            let candidate = key == "manifest" || key.starts_with("manifest-");
+            let candidate =
+                if img.top_layer.is_none() { key == "manifest" } else { pulled_via.as_deref() == Some(key.as_str()) };
             if let (true, Ok(bytes)) = (candidate, v) {
                 if let Ok(s) = Stored::parse(bytes) {
                     if let Ok(StoredKind::Index(mt)) = s.kind() {
                         list = Some((bytes.clone(), s, mt));
-                        if key == "manifest" {
-                            break;
-                        }
+                        break;
                     }
                 }
             }
@@ -287,7 +294,12 @@ impl Registry {
                 .iter()
                 .map(|(d, platform)| {
                     let m = &self.manifests[d];
-                    manifest::Child { media_type: m.media_type, digest: *d, size: m.bytes.len() as u64, platform: *platform }
+                    manifest::Child {
+                        media_type: m.media_type,
+                        digest: *d,
+                        size: m.bytes.len() as u64,
+                        platform: *platform,
+                    }
                 })
                 .collect();
             let out_mt = if mt == MediaType::DockerList && kids.iter().all(|k| k.media_type.is_docker()) {

@@ -109,10 +109,7 @@ mod tests {
             parse_name("docker.io/library/alpine:latest").unwrap(),
             ("docker.io/library/alpine".into(), t("latest"))
         );
-        assert_eq!(
-            parse_name("example.com:5000/ns/x:1").unwrap(),
-            ("example.com_5000/ns/x".into(), t("1"))
-        );
+        assert_eq!(parse_name("example.com:5000/ns/x:1").unwrap(), ("example.com_5000/ns/x".into(), t("1")));
         assert_eq!(parse_name("Quay.IO/a/b:T_1").unwrap(), ("quay.io/a/b".into(), t("T_1")));
         let d = "sha256:".to_string() + &"ab".repeat(32);
         assert_eq!(
@@ -120,7 +117,15 @@ mod tests {
             ("localhost/x".into(), Ref::Digest(d.parse().unwrap()))
         );
         assert_eq!(parse_name("localhost/x").unwrap().1, t("latest"));
-        for bad in ["alpine:1", "localhost/UP:1", "localhost/a:-x", "localhost/a//b:1", "localhost/a@sha256:zz", "[::1]:5000/a:1", "localhost/a..b:1"] {
+        for bad in [
+            "alpine:1",
+            "localhost/UP:1",
+            "localhost/a:-x",
+            "localhost/a//b:1",
+            "localhost/a@sha256:zz",
+            "[::1]:5000/a:1",
+            "localhost/a..b:1",
+        ] {
             assert!(parse_name(bad).is_err(), "{bad}");
         }
     }

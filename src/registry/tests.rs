@@ -24,6 +24,7 @@ fn image(n: u8, names: &[&str], top: Option<u8>, big: Vec<(String, Vec<u8>)>) ->
         top_layer: top.map(id),
         big_data: big.into_iter().map(|(k, v)| (k, Ok(Arc::from(v)))).collect(),
         created: None,
+        first_digest: None,
     }
 }
 
@@ -38,10 +39,8 @@ fn snap(images: Vec<Image>, layers: Vec<Layer>) -> Snapshot {
 }
 
 fn oci_manifest(config: &[u8], layer_digests: &[Digest], mt: &str, layer_mt: &str) -> Vec<u8> {
-    let layers: Vec<String> = layer_digests
-        .iter()
-        .map(|d| format!(r#"{{"mediaType":"{layer_mt}","digest":"{d}","size":1}}"#))
-        .collect();
+    let layers: Vec<String> =
+        layer_digests.iter().map(|d| format!(r#"{{"mediaType":"{layer_mt}","digest":"{d}","size":1}}"#)).collect();
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"x","digest":"{}","size":{}}},"layers":[{}]}}"#,
         Digest::of(config),
@@ -82,14 +81,21 @@ fn verbatim_when_layers_are_diff_digests() {
 #[test]
 fn rewritten_when_layers_were_compressed_and_deterministic() {
     let config = b"{\"cfg\":1}".to_vec();
-    let stored = oci_manifest(&config, &[Digest::of(b"gz1")], manifest::DOCKER_MANIFEST, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    let stored = oci_manifest(
+        &config,
+        &[Digest::of(b"gz1")],
+        manifest::DOCKER_MANIFEST,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    );
     let mk = || {
         let img = Image {
             id: Digest::of(&config).as_id(),
-            ..image(1, &["docker.io/library/alpine:3"], Some(1), vec![
-                ("manifest".into(), stored.clone()),
-                (Digest::of(&config).to_string(), config.clone()),
-            ])
+            ..image(
+                1,
+                &["docker.io/library/alpine:3"],
+                Some(1),
+                vec![("manifest".into(), stored.clone()), (Digest::of(&config).to_string(), config.clone())],
+            )
         };
         Registry::build(&snap(vec![img], vec![layer(1, None)]), &LayerChecks::new())
     };
@@ -149,7 +155,8 @@ fn lists_verbatim_only_when_complete() {
             .iter()
             .map(|(d, s, arch)| format!(r#"{{"mediaType":"{}","digest":"{d}","size":{s},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#, manifest::OCI_MANIFEST))
             .collect();
-        format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#, manifest::OCI_INDEX, entries.join(",")).into_bytes()
+        format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#, manifest::OCI_INDEX, entries.join(","))
+            .into_bytes()
     };
     let full = list(&[(Digest::of(&ma), ma.len(), "amd64"), (Digest::of(&mb), mb.len(), "arm64")]);
     let list_img = image(9, &["localhost/multi:1"], None, vec![("manifest".into(), full.clone())]);
@@ -180,4 +187,26 @@ fn reserved_repo_names_conflict() {
     assert!(reg.repos.contains_key("localhost/a"));
     assert!(!reg.repos.contains_key("localhost/a/tags"));
     assert_eq!(reg.excluded.len(), 1);
+}
+
+#[test]
+fn pulled_list_serves_only_for_images_pulled_through_it() {
+    let (mut img, m) = built(1, "docker.io/library/alpine:3", &[1]);
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}},{{"mediaType":"{}","digest":"sha256:{}","size":1,"platform":{{"architecture":"arm64","os":"linux"}}}}]}}"#,
+        manifest::OCI_INDEX, manifest::OCI_MANIFEST, Digest::of(&m), m.len(), manifest::OCI_MANIFEST, "ee".repeat(32)
+    )
+    .into_bytes();
+    let ld = Digest::of(&list);
+    img.big_data.insert(format!("manifest-{ld}"), Ok(Arc::from(list)));
+    // Gained the list later: its own manifest is served.
+    let reg = Registry::build(&snap(vec![img.clone()], vec![layer(1, None)]), &LayerChecks::new());
+    assert_eq!(reg.repos["docker.io/library/alpine"].tags["3"], Digest::of(&m));
+    // Pulled through it: an index of the one platform present.
+    img.first_digest = Some(ld);
+    let reg = Registry::build(&snap(vec![img], vec![layer(1, None)]), &LayerChecks::new());
+    let top = &reg.manifests[&reg.repos["docker.io/library/alpine"].tags["3"]];
+    assert_eq!(top.media_type, MediaType::OciIndex);
+    assert!(!top.verbatim);
+    assert_eq!(top.refs, vec![Digest::of(&m)]);
 }

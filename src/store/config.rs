@@ -116,9 +116,7 @@ pub fn resolve(req: &Request, env: &Env) -> Result<Location, Error> {
                 (Some(x), _) => x.join("containers/storage"),
                 (None, Some(h)) => h.join(".local/share/containers/storage"),
                 (None, None) => {
-                    return Err(Error::Config(
-                        "rootless store: neither XDG_DATA_HOME nor HOME is set".into(),
-                    ))
+                    return Err(Error::Config("rootless store: neither XDG_DATA_HOME nor HOME is set".into()))
                 }
             },
         },
@@ -178,10 +176,7 @@ mod tests {
         let d = tmp();
         let env = Env { euid: 0, system_conf_files: vec![d.join("none.conf")], ..Env::default() };
         let req = Request { driver: Some(Driver::Overlay), ..Request::default() };
-        assert_eq!(
-            resolve(&req, &env).unwrap().graphroot,
-            PathBuf::from("/var/lib/containers/storage")
-        );
+        assert_eq!(resolve(&req, &env).unwrap().graphroot, PathBuf::from("/var/lib/containers/storage"));
         let conf = d.join("storage.conf");
         std::fs::write(&conf, "[storage]\ndriver = \"vfs\"\ngraphroot = \"/srv/store\"\n").unwrap();
         let env = Env { storage_conf: Some(conf.clone()), ..env };
@@ -202,19 +197,13 @@ mod tests {
             ..Env::default()
         };
         let req = Request { driver: Some(Driver::Overlay), ..Request::default() };
-        assert_eq!(
-            resolve(&req, &env).unwrap().graphroot,
-            PathBuf::from("/home/u/.local/share/containers/storage")
-        );
+        assert_eq!(resolve(&req, &env).unwrap().graphroot, PathBuf::from("/home/u/.local/share/containers/storage"));
         let env2 = Env { xdg_data_home: Some("/x".into()), ..env.clone() };
         assert_eq!(resolve(&req, &env2).unwrap().graphroot, PathBuf::from("/x/containers/storage"));
         let cfg = d.join("cfg");
         std::fs::create_dir_all(cfg.join("containers")).unwrap();
-        std::fs::write(
-            cfg.join("containers/storage.conf"),
-            "[storage]\nrootless_storage_path = \"$HOME/store\"\n",
-        )
-        .unwrap();
+        std::fs::write(cfg.join("containers/storage.conf"), "[storage]\nrootless_storage_path = \"$HOME/store\"\n")
+            .unwrap();
         let env3 = Env { xdg_config_home: Some(cfg), ..env };
         assert_eq!(resolve(&req, &env3).unwrap().graphroot, PathBuf::from("/home/u/store"));
         std::fs::remove_dir_all(d).unwrap();

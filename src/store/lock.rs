@@ -19,10 +19,7 @@ pub struct ReadLock {
 
 /// Opens `path` read-only and waits for a whole-file shared lock.
 pub fn read_lock(path: &Path) -> io::Result<ReadLock> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY).open(path)?;
     // SAFETY: flock is a plain C struct; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_RDLCK as _;

@@ -52,9 +52,7 @@ impl FromStr for Driver {
         match s {
             "overlay" | "overlay2" => Ok(Driver::Overlay),
             "vfs" => Ok(Driver::Vfs),
-            other => Err(Error::Config(format!(
-                "storage driver {other:?} is not supported (overlay and vfs are)"
-            ))),
+            other => Err(Error::Config(format!("storage driver {other:?} is not supported (overlay and vfs are)"))),
         }
     }
 }
@@ -97,6 +95,9 @@ pub struct Image {
     /// `Err` holds why a listed item could not be read.
     pub big_data: BTreeMap<String, Result<Arc<[u8]>, String>>,
     pub created: Option<String>,
+    /// The digest of the first manifest written for the image (c/storage never updates
+    /// it): a hint of how the image entered the store, never a digest to serve under.
+    pub first_digest: Option<Digest>,
 }
 
 impl Image {
@@ -137,8 +138,11 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeToken {
     locks: Vec<Option<Vec<u8>>>,
-    files: Vec<Option<(u64, u64, i64, i64, u64)>>,
+    files: Vec<Option<FileStamp>>,
 }
+
+/// (device, inode, mtime seconds, mtime nanoseconds, size) of a watched file.
+type FileStamp = (u64, u64, i64, i64, u64);
 
 /// Where a layer's rebuild inputs live.
 #[derive(Debug, Clone)]
@@ -182,10 +186,7 @@ impl Store {
 
     fn watched(&self) -> ([PathBuf; 2], [PathBuf; 2]) {
         let (l, i) = (self.layers_dir(), self.images_dir());
-        (
-            [l.join("layers.lock"), i.join("images.lock")],
-            [l.join("layers.json"), i.join("images.json")],
-        )
+        ([l.join("layers.lock"), i.join("images.lock")], [l.join("layers.json"), i.join("images.json")])
     }
 
     /// The current change fingerprint. Reads 2x64 bytes and stats 2 files.
@@ -195,11 +196,7 @@ impl Store {
             locks: locks.iter().map(|p| lock::peek_token(p)).collect(),
             files: files
                 .iter()
-                .map(|p| {
-                    std::fs::metadata(p).ok().map(|m| {
-                        (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size())
-                    })
-                })
+                .map(|p| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size())))
                 .collect(),
         }
     }
@@ -215,10 +212,7 @@ impl Store {
                 Ok(l) => locks.push(l),
                 // A store never written by this podman version, or one we may not open:
                 // read without the lock rather than not at all.
-                Err(e) => warnings.push(format!(
-                    "{}: cannot take a read lock ({e}); reading without it",
-                    p.display()
-                )),
+                Err(e) => warnings.push(format!("{}: cannot take a read lock ({e}); reading without it", p.display())),
             }
         }
         let token = self.token();
@@ -241,11 +235,7 @@ impl Store {
         serde_json::from_slice(&bytes).map_err(|e| Error::format(path, e))
     }
 
-    fn read_layers(
-        &self,
-        path: &Path,
-        warnings: &mut Vec<String>,
-    ) -> Result<BTreeMap<Id, Layer>, Error> {
+    fn read_layers(&self, path: &Path, warnings: &mut Vec<String>) -> Result<BTreeMap<Id, Layer>, Error> {
         let mut out = BTreeMap::new();
         for (i, v) in self.read_array(path)?.into_iter().enumerate() {
             let raw: raw::RawLayer = match serde_json::from_value(v) {
@@ -332,10 +322,7 @@ impl Store {
             Driver::Overlay => root.join("overlay").join(id.hex()).join("diff"),
             Driver::Vfs => root.join("vfs/dir").join(id.hex()),
         };
-        LayerFiles {
-            tar_split: self.layers_dir().join(format!("{id}.tar-split.gz")),
-            content_dirs: vec![own],
-        }
+        LayerFiles { tar_split: self.layers_dir().join(format!("{id}.tar-split.gz")), content_dirs: vec![own] }
     }
 
     /// [`Store::layer_files`] plus, for overlay, the lower layers' diff dirs listed in
@@ -408,9 +395,8 @@ impl Store {
                 .filter(|k| k.starts_with("manifest") || k.starts_with("sha256:"))
                 .map(|k| {
                     let file = dir.join(big_data_file_name(&k));
-                    let v = read_capped(&file, MAX_BIG_DATA)
-                        .map(Arc::from)
-                        .map_err(|e| format!("{}: {e}", file.display()));
+                    let v =
+                        read_capped(&file, MAX_BIG_DATA).map(Arc::from).map_err(|e| format!("{}: {e}", file.display()));
                     (k, v)
                 })
                 .collect();
@@ -420,6 +406,7 @@ impl Store {
                 top_layer,
                 big_data,
                 created: raw.created,
+                first_digest: raw.digest.as_deref().and_then(|d| d.parse().ok()),
             });
         }
         Ok(out)
@@ -429,8 +416,7 @@ impl Store {
 /// The file name c/storage gives a big-data item: the key itself when it has only
 /// `[.0-9a-z]`, else `=` + base64(key).
 pub fn big_data_file_name(key: &str) -> String {
-    if !key.is_empty() && key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase())
-    {
+    if !key.is_empty() && key.bytes().all(|b| b == b'.' || b.is_ascii_digit() || b.is_ascii_lowercase()) {
         key.to_string()
     } else {
         format!("={}", base64::engine::general_purpose::STANDARD.encode(key))
@@ -443,10 +429,7 @@ fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(cap + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {cap} bytes"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {cap} bytes")));
     }
     Ok(buf)
 }

@@ -16,6 +16,8 @@ pub struct RawImage {
     #[serde(default, rename = "big-data-names")]
     pub big_data_names: Option<Vec<String>>,
     #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
     pub created: Option<String>,
 }
 

@@ -44,10 +44,7 @@ impl IndexCache {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.tick += 1;
             let tick = inner.tick;
-            let slot = inner
-                .slots
-                .entry(*layer)
-                .or_insert_with(|| Slot { used: tick, cell: Arc::default() });
+            let slot = inner.slots.entry(*layer).or_insert_with(|| Slot { used: tick, cell: Arc::default() });
             slot.used = tick;
             slot.cell.clone()
         };

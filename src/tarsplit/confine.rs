@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// Flags for the final open: never block on a FIFO, never become a controlling tty.
-const FILE_FLAGS: libc::c_int =
-    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+const FILE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
 
 /// Opens a directory to resolve payloads beneath (an `O_PATH` handle pins it even if
 /// the layer directory is renamed away).
@@ -22,9 +21,7 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
     // SAFETY: c is a valid NUL-terminated string.
-    let fd = unsafe {
-        libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -34,7 +31,8 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens `rel` (a cleaned relative path, no empty or `..` components) beneath `dir`.
 pub fn open_beneath(dir: &OwnedFd, rel: &[u8]) -> io::Result<File> {
-    if rel.is_empty() || rel.contains(&0) || rel.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..") {
+    if rel.is_empty() || rel.contains(&0) || rel.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a clean relative path"));
     }
     if !NO_OPENAT2.load(Ordering::Relaxed) {
@@ -93,8 +91,14 @@ pub(crate) fn walk(dir: &OwnedFd, rel: &[u8]) -> io::Result<File> {
         if parts.peek().is_none() {
             return openat(base, part, FILE_FLAGS).map(File::from);
         }
-        let next = openat(base, part, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .map_err(|e| if e.raw_os_error() == Some(libc::ENOTDIR) { io::Error::from_raw_os_error(libc::ELOOP) } else { e })?;
+        let next =
+            openat(base, part, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOTDIR) {
+                    io::Error::from_raw_os_error(libc::ELOOP)
+                } else {
+                    e
+                }
+            })?;
         cur = Some(next);
     }
     Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"))

@@ -25,8 +25,7 @@ pub use cache::IndexCache;
 pub use reader::{BlobReader, LayerBlob};
 
 /// CRC-64 as tar-split computes it (Go `hash/crc64` with the ISO table).
-pub(crate) const CRC64: crc::Crc<u64, crc::Table<16>> =
-    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_GO_ISO);
+pub(crate) const CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_GO_ISO);
 
 /// Longest JSON line accepted (a PAX header segment is a few KiB; names are bounded).
 const MAX_LINE: u64 = 16 << 20;

@@ -57,11 +57,7 @@ impl LayerBlob {
     }
 
     fn err(&self, file: u32, what: impl std::fmt::Display) -> io::Error {
-        io::Error::other(format!(
-            "layer {}: {}: {what}",
-            self.layer,
-            String::from_utf8_lossy(self.index.name(file))
-        ))
+        io::Error::other(format!("layer {}: {}: {what}", self.layer, String::from_utf8_lossy(self.index.name(file))))
     }
 
     /// Opens payload `file`, checking it is a regular file of the recorded size, and
@@ -96,7 +92,9 @@ impl LayerBlob {
             if let Some(want) = info.crc {
                 let got = crc_of(&f, size).map_err(|e| self.err(file, e))?;
                 if got != want {
-                    return Err(self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}")));
+                    return Err(
+                        self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}"))
+                    );
                 }
             }
             info.verified.store(true, Ordering::Release);
@@ -166,9 +164,8 @@ impl BlobReader {
                     let f = self.payload(file, e.len)?;
                     let mut got = 0;
                     while got < n {
-                        let r = f
-                            .read_at(&mut out[got..], within + got as u64)
-                            .map_err(|err| self.blob.err(file, err))?;
+                        let r =
+                            f.read_at(&mut out[got..], within + got as u64).map_err(|err| self.blob.err(file, err))?;
                         if r == 0 {
                             return Err(self.blob.err(file, "payload file shrank while reading"));
                         }

@@ -90,9 +90,10 @@ fn fixture(files: &[(&[u8], Vec<u8>)]) -> Fixture {
 
 fn reader(fx: &Fixture) -> BlobReader {
     let ix = Arc::new(Index::parse(&fx.tar_split[..], Some(fx.tar.len() as u64)).unwrap());
-    BlobReader::new(Arc::new(LayerBlob::new("11".repeat(32).parse::<Id>().unwrap(), ix, &[fx.dir.join("diff")]).unwrap()))
+    BlobReader::new(Arc::new(
+        LayerBlob::new("11".repeat(32).parse::<Id>().unwrap(), ix, &[fx.dir.join("diff")]).unwrap(),
+    ))
 }
-
 
 fn sample() -> Fixture {
     let long = format!("deep/{}/{}", "d".repeat(120), "f".repeat(150));

@@ -1,0 +1,313 @@
+//! Shared fixtures and guards: stores built once per run, private mini stores for
+//! tests that change the store, and a mount guard that always unmounts.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cstor-fs");
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory under target/, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        // Short: podman refuses runroots longer than 50 characters.
+        let base = PathBuf::from("/tmp/cstor-it");
+        std::fs::create_dir_all(&base).unwrap();
+        let p = base.join(format!("{tag}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Unmount anything a failed test left below it first.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let me = self.0.to_string_lossy().to_string();
+            for line in mounts.lines().rev() {
+                if let Some(mp) = line.split(' ').nth(1) {
+                    if mp.starts_with(&me) {
+                        let _ = Command::new("umount").arg("-l").arg(mp).status();
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+pub fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8(run(cmd).stdout).unwrap()
+}
+
+/// A store made by tests/fixtures/make-store.sh.
+pub struct Fixture {
+    pub root: PathBuf,
+    pub storage: PathBuf,
+    pub driver: &'static str,
+    /// (name or id, what it covers), from images.txt.
+    pub images: Vec<(String, String)>,
+}
+
+impl Fixture {
+    /// The full fixture store for `driver`, built once per test run (and reused across
+    /// runs while the fixture scripts are unchanged).
+    pub fn shared(driver: &'static str) -> &'static Fixture {
+        static OVERLAY: OnceLock<Fixture> = OnceLock::new();
+        static VFS: OnceLock<Fixture> = OnceLock::new();
+        let cell = if driver == "vfs" { &VFS } else { &OVERLAY };
+        cell.get_or_init(|| Fixture::build(driver))
+    }
+
+    fn build(driver: &'static str) -> Fixture {
+        let scripts = repo_root().join("tests/fixtures");
+        let mut h = 0u64;
+        let mut names: Vec<_> = std::fs::read_dir(&scripts).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for p in names {
+            for b in std::fs::read(&p).unwrap_or_default() {
+                h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+            }
+        }
+        let root = PathBuf::from(format!("/tmp/cstor-it/{driver}-{:08x}", h as u32));
+        let done = root.join("images.txt");
+        if !done.exists() {
+            let _ = std::fs::remove_dir_all(&root);
+            let t = Instant::now();
+            run(Command::new(scripts.join("make-store.sh")).arg(&root).arg(driver));
+            eprintln!("built {driver} fixture store in {:?}", t.elapsed());
+        }
+        let images = std::fs::read_to_string(&done)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        Fixture { storage: root.join("storage"), root, driver, images }
+    }
+
+    /// Runs a podman/skopeo/buildah command line against this store, isolated.
+    pub fn tool(&self, tool: &str, args: &[&str]) -> Command {
+        tool_cmd(&self.root, tool, args)
+    }
+}
+
+/// `isolate.sh bash -c '. ROOT/conf/env; exec TOOL ARGS'`.
+pub fn tool_cmd(root: &Path, tool: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(repo_root().join("tests/fixtures/isolate.sh"));
+    c.arg("bash")
+        .arg("-c")
+        .arg(format!(". '{}/conf/env' && exec \"$@\"", root.display()))
+        .arg("tool")
+        .arg(tool)
+        .args(args);
+    c
+}
+
+/// A small private store for tests that change it: one imported image per call to
+/// [`MiniStore::import`].
+pub struct MiniStore {
+    pub dir: TempDir,
+    pub storage: PathBuf,
+    pub driver: &'static str,
+}
+
+impl MiniStore {
+    pub fn new(driver: &'static str) -> MiniStore {
+        let dir = TempDir::new("mini");
+        let root = dir.path().to_path_buf();
+        let storage = root.join("storage");
+        let conf = root.join("conf");
+        std::fs::create_dir_all(conf.join("home")).unwrap();
+        std::fs::write(
+            conf.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"{driver}\"\ngraphroot = \"{}\"\nrunroot = \"{}/run\"\n",
+                storage.display(),
+                root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("registries.conf"),
+            "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
+        )
+        .unwrap();
+        std::fs::write(conf.join("containers.conf"), "[engine]\nevents_logger = \"none\"\n").unwrap();
+        std::fs::write(
+            conf.join("env"),
+            format!(
+                "export CONTAINERS_CONF={c}/containers.conf CONTAINERS_STORAGE_CONF={c}/storage.conf \
+                 CONTAINERS_REGISTRIES_CONF={c}/registries.conf HOME={c}/home\nunset STORAGE_DRIVER STORAGE_OPTS\n",
+                c = conf.display()
+            ),
+        )
+        .unwrap();
+        MiniStore { dir, storage, driver }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn tool(&self, tool: &str, args: &[&str]) -> Command {
+        tool_cmd(self.root(), tool, args)
+    }
+
+    /// `podman import` of a tarball holding `files`, named `name`. Returns the image id.
+    pub fn import(&self, name: &str, files: &[(&str, &[u8])]) -> String {
+        let tar_path = self.root().join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap();
+        let out = stdout(&mut self.tool("podman", &["import", "--quiet", tar_path.to_str().unwrap(), name]));
+        out.trim().trim_start_matches("sha256:").to_string()
+    }
+}
+
+/// A running `cstor-fs -f` mount; unmounts and reaps the daemon on drop.
+pub struct Mount {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    _tmp: Option<TempDir>,
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let d = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts").unwrap().lines().any(|l| {
+        l.split(' ').nth(1) == Some(d.to_str().unwrap()) && l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Mount {
+    /// Mounts `storage` in the foreground at a fresh directory.
+    pub fn new(storage: &Path, opts: &str) -> Mount {
+        let tmp = TempDir::new("mnt");
+        let dir = tmp.path().join("m");
+        std::fs::create_dir(&dir).unwrap();
+        let mut m = Mount::at(storage, &dir, opts);
+        m._tmp = Some(tmp);
+        m
+    }
+
+    pub fn at(storage: &Path, dir: &Path, opts: &str) -> Mount {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-f")
+            .arg(storage)
+            .arg(dir)
+            .env("RUST_LOG", "info,fuser=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if !opts.is_empty() {
+            cmd.arg("-o").arg(opts);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut m = Mount { dir: dir.to_path_buf(), child: Some(child), _tmp: None };
+        let dir2 = dir.to_path_buf();
+        wait_for("the mount", Duration::from_secs(20), || {
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("cstor-fs exited early: {st}");
+                }
+            }
+            is_mounted(&dir2)
+        });
+        m
+    }
+
+    pub fn v2(&self) -> PathBuf {
+        self.dir.join("v2")
+    }
+
+    pub fn unmount(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.dir).status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,8 @@
+//! Integration tests against real stores made by podman/buildah/skopeo in temp dirs.
+//!
+//! They need root, podman, buildah, skopeo, docker-registry and /dev/fuse (CI has all of
+//! them); a missing tool fails the test rather than skipping it.
+
+mod common;
+mod mount;
+mod store;
