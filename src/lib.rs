@@ -10,6 +10,7 @@ pub mod digest;
 pub mod fs;
 pub mod host;
 pub mod registry;
+pub mod serve;
 pub mod store;
 pub mod tarsplit;
 

@@ -71,6 +71,21 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Mount the store privately and serve it with nginx (or Caddy) as a registry.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on; serving beyond localhost is an explicit choice.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// HTTP server to run.
+        #[arg(long, value_enum, default_value_t = ServerArg::Nginx)]
+        server: ServerArg,
+        /// Where to put the mount and the server's files (default: /run/cstor-fs/serve-PID
+        /// for root, $XDG_RUNTIME_DIR/cstor-fs/serve-PID otherwise).
+        #[arg(long, value_name = "DIR")]
+        runtime_dir: Option<PathBuf>,
+    },
     /// Stream every served blob and manifest and check it hashes to its digest.
     Verify {
         #[command(flatten)]
@@ -78,6 +93,12 @@ enum Cmd {
         /// Names (repo:tag, repo), image ids or id prefixes; default: everything.
         images: Vec<String>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ServerArg {
+    Nginx,
+    Caddy,
 }
 
 fn open_host(storage: Option<PathBuf>, driver: Option<&str>) -> Result<Arc<Host>> {
@@ -94,6 +115,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Some(Cmd::List { store }) => list(store),
         Some(Cmd::Verify { store, images }) => verify(store, &images),
+        Some(Cmd::Serve { store, listen, server, runtime_dir }) => serve(store, listen, server, runtime_dir),
         None => mount(cli.mount),
     };
     match r {
@@ -135,6 +157,54 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
         fsname,
     };
     cstor_fs::fs::run(host, cfg, || {})?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    store: StoreArgs,
+    listen: std::net::SocketAddr,
+    server: ServerArg,
+    runtime_dir: Option<PathBuf>,
+) -> Result<ExitCode> {
+    // Resolve the store now, so a wrong path fails before anything starts.
+    let host = open_host(store.storage.clone(), store.driver.as_deref())?;
+    let loc = host.store().location().clone();
+    let view = host.view();
+    drop(host);
+    let tagged =
+        || view.registry.repos.iter().filter_map(|(r, repo)| repo.tags.keys().next().map(|t| format!("{r}:{t}")));
+    let example = tagged().find(|r| r.starts_with("localhost/")).or_else(|| tagged().next());
+    let cfg = cstor_fs::serve::ServeConfig {
+        mount_args: vec![
+            loc.graphroot.to_string_lossy().to_string(),
+            "-o".into(),
+            format!("driver={}", loc.driver.name()),
+        ],
+        listen,
+        server: match server {
+            ServerArg::Nginx => cstor_fs::serve::Server::Nginx,
+            ServerArg::Caddy => cstor_fs::serve::Server::Caddy,
+        },
+        runtime_dir: runtime_dir.unwrap_or_else(cstor_fs::serve::default_runtime_dir),
+    };
+    cstor_fs::serve::run(&cfg, |mnt, url| {
+        let host = url.trim_start_matches("http://");
+        println!(
+            "cstor-fs: serving {} ({}) at {url} with {server:?}, mounted at {}",
+            loc.graphroot.display(),
+            loc.driver,
+            mnt.display()
+        );
+        println!("  catalog:   curl {url}/v2/_catalog");
+        if let Some(ex) = &example {
+            println!("  pull:      podman pull --tls-verify=false {host}/{ex}");
+            println!("             skopeo inspect --tls-verify=false docker://{host}/{ex}");
+        }
+        println!("  or trust it in /etc/containers/registries.conf.d/cstor-fs.conf:");
+        println!("             [[registry]]\n             location = \"{host}\"\n             insecure = true");
+        println!("Ctrl-C stops the server and unmounts.");
+        let _ = std::io::stdout().flush();
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

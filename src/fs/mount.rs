@@ -74,6 +74,11 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
         if let Err(e) = unmounter.unmount() {
             log::error!("unmounting {}: {e}", mountpoint.display());
         }
+        // With auto_unmount the unmount is fusermount3's job; do not depend on it.
+        std::thread::sleep(Duration::from_millis(100));
+        if still_mounted(&mountpoint) {
+            force_unmount(&mountpoint);
+        }
     })?;
     let notifier = session.notifier();
     let poll = cfg.poll;
@@ -88,6 +93,22 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     let r = session.run();
     log::info!("unmounted {}", cfg.mountpoint.display());
     r
+}
+
+fn still_mounted(dir: &std::path::Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&*dir.to_string_lossy())))
+        .unwrap_or(false)
+}
+
+fn force_unmount(dir: &std::path::Path) {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: valid C string; MNT_DETACH only detaches our own mount.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        // Not root: the setuid helper may unmount what this user mounted.
+        let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(dir).status();
+    }
 }
 
 fn refresh_loop(shared: &Shared, notifier: &Notifier, poll: Duration) {
