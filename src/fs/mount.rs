@@ -58,6 +58,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
         daemonize()?;
     }
     on_live();
+    notify_ready();
     let view = host.view();
     log::info!(
         "mounted {} at {}: {} repositories, {} images left out",
@@ -93,6 +94,26 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     let r = session.run();
     log::info!("unmounted {}", cfg.mountpoint.display());
     r
+}
+
+/// Tells systemd (Type=notify) that the mount is live, if it is listening.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return log::warn!("NOTIFY_SOCKET: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+    } else {
+        sock.send_to(b"READY=1\n", &path)
+    };
+    if let Err(e) = r {
+        log::warn!("telling systemd we are ready: {e}");
+    }
 }
 
 fn still_mounted(dir: &std::path::Path) -> bool {
