@@ -116,6 +116,14 @@ fn writes_fail_with_erofs() {
     let md = std::fs::metadata(&tags).unwrap();
     assert_eq!(md.permissions().mode() & 0o7777, 0o444);
     assert_eq!(std::fs::metadata(v2.join("localhost")).unwrap().permissions().mode() & 0o7777, 0o555);
+    drop(m);
+    // What the files show is configurable.
+    let m = Mount::new(&s.storage, "uid=33,gid=34,file_mode=0440,dir_mode=0550");
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(m.v2().join("localhost/ro/tags/list")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (33, 34, 0o440));
+    let md = std::fs::metadata(m.v2().join("localhost")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (33, 34, 0o550));
 }
 
 #[test]
