@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::fs::is_mounted;
+
 const NGINX_MAIN: &str = include_str!("../nginx/nginx.conf");
 const NGINX_SERVER: &str = include_str!("../nginx/cstor-fs.conf");
 const CADDYFILE: &str = include_str!("../caddy/Caddyfile");
@@ -90,12 +92,6 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
         out = out.replace(&format!("@{k}@"), v);
     }
     out
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return false };
-    let d = dir.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&d))
 }
 
 /// Children get default signal handling and their own process group, so a terminal's

@@ -25,7 +25,7 @@ use fuser::{
 
 use crate::host::Host;
 use crate::tarsplit::BlobReader;
-pub use mount::{run, MountConfig};
+pub use mount::{is_mounted, run, MountConfig};
 pub use options::MountOptions;
 pub use tree::{ino_of, Content, Kind, Node, Tree, ROOT};
 

@@ -77,7 +77,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
         }
         // With auto_unmount the unmount is fusermount3's job; do not depend on it.
         std::thread::sleep(Duration::from_millis(100));
-        if still_mounted(&mountpoint) {
+        if is_mounted(&mountpoint) {
             force_unmount(&mountpoint);
         }
     })?;
@@ -116,7 +116,8 @@ fn notify_ready() {
     }
 }
 
-fn still_mounted(dir: &std::path::Path) -> bool {
+/// Whether something is mounted at `dir` (per /proc/self/mounts).
+pub fn is_mounted(dir: &std::path::Path) -> bool {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     std::fs::read_to_string("/proc/self/mounts")
         .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&*dir.to_string_lossy())))

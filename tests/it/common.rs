@@ -311,3 +311,90 @@ pub fn sha256_file(path: &Path) -> String {
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `cstor-fs serve` running in the background; SIGTERM and reaped on drop.
+pub struct Serve {
+    pub child: Option<Child>,
+    pub addr: String,
+    pub runtime_dir: PathBuf,
+    pub server: &'static str,
+    _tmp: TempDir,
+}
+
+impl Serve {
+    pub fn start(storage: &Path, server: &'static str) -> Serve {
+        let tmp = TempDir::new("serve");
+        let runtime_dir = tmp.path().join("rt");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--storage")
+            .arg(storage)
+            .args(["--listen", &addr, "--server", server, "--runtime-dir"])
+            .arg(&runtime_dir)
+            .env("RUST_LOG", "info,fuser=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut s = Serve { child: Some(child), addr, runtime_dir, server, _tmp: tmp };
+        let a = s.addr.clone();
+        wait_for("cstor-fs serve to answer /v2/", Duration::from_secs(60), || {
+            if let Ok(Some(st)) = s.child.as_mut().unwrap().try_wait() {
+                panic!("cstor-fs serve exited early: {st}");
+            }
+            http_status(&format!("http://{a}/v2/")) == 200
+        });
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn mnt(&self) -> PathBuf {
+        self.runtime_dir.join("mnt")
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop();
+        if is_mounted(&self.mnt()) {
+            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        }
+    }
+}
+
+/// HTTP status of a GET with curl (0 if it could not connect).
+pub fn http_status(url: &str) -> u16 {
+    let out =
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url]).output();
+    out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
+}
+
+/// The image id podman reports for `name` in the store at `root` (a fixture or mini store).
+pub fn podman_image_id(root: &Path, name: &str) -> String {
+    stdout(&mut tool_cmd(root, "podman", &["image", "inspect", "--format", "{{.Id}}", name])).trim().to_string()
+}
