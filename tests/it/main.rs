@@ -3,6 +3,8 @@
 //! They need root, podman, buildah, skopeo, docker-registry and /dev/fuse (CI has all of
 //! them); a missing tool fails the test rather than skipping it.
 
+mod clients;
 mod common;
 mod mount;
+mod serve;
 mod store;
