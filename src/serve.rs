@@ -231,13 +231,23 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
     drop(TcpListener::bind(cfg.listen).map_err(|e| Error::PortTaken(cfg.listen, e))?);
 
     let dir = cfg.runtime_dir.clone();
+    if dir.exists() {
+        return Err(Error::Failed(format!("{} exists: pick a fresh --runtime-dir", dir.display())));
+    }
+    // nginx workers (nobody) must be able to reach the mount: directories created here
+    // are 0755 (and nothing that existed before is changed).
+    let mut created = Vec::new();
+    let mut d = dir.as_path();
+    while !d.exists() {
+        created.push(d.to_path_buf());
+        d = d.parent().unwrap_or(Path::new("/"));
+    }
     std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    let mut session = Session { dir: dir.clone(), mnt: dir.join("mnt"), mount: None, server: None };
-    // nginx workers (nobody) must be able to reach the mount.
     use std::os::unix::fs::PermissionsExt;
-    for d in [dir.parent().unwrap_or(&dir), dir.as_path()] {
+    for d in &created {
         let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
     }
+    let mut session = Session { dir: dir.clone(), mnt: dir.join("mnt"), mount: None, server: None };
     std::fs::create_dir_all(&session.mnt).map_err(io_err("creating the mount point"))?;
 
     // SAFETY: getuid cannot fail.
