@@ -38,7 +38,7 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         // Unmount anything a failed test left below it first.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let me = self.0.to_string_lossy().to_string();
+            let me = format!("{}/", self.0.to_string_lossy());
             for line in mounts.lines().rev() {
                 if let Some(mp) = line.split(' ').nth(1) {
                     if mp.starts_with(&me) {
