@@ -327,6 +327,20 @@ impl Filesystem for CstorFs {
         reply.statfs(0, 0, 0, files, 0, 4096, 255, 4096);
     }
 
+    /// Regular files are always ready, as on a disk filesystem.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.poll(events & (fuser::PollEvents::POLLIN | fuser::PollEvents::POLLRDNORM));
+    }
+
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
         reply.error(Errno::ENODATA);
     }
