@@ -222,7 +222,7 @@ impl Store {
         Ok(Snapshot { location: self.location.clone(), token, images, layers, warnings })
     }
 
-    fn read_array(&self, path: &Path) -> Result<Vec<serde_json::Value>, Error> {
+    fn read_array(&self, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<serde_json::Value>, Error> {
         let bytes = match read_capped(path, MAX_JSON) {
             Ok(b) => b,
             // A fresh store has no images.json until the first image is written.
@@ -232,12 +232,27 @@ impl Store {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Vec::new());
         }
-        serde_json::from_slice(&bytes).map_err(|e| Error::format(path, e))
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Damaged (e.g. truncated): keep the entries before the damage.
+                let (entries, _) = salvage_array(&bytes);
+                if entries.is_empty() {
+                    return Err(Error::format(path, e));
+                }
+                warnings.push(format!(
+                    "{}: {e}; using the {} complete entries before the damage",
+                    path.display(),
+                    entries.len()
+                ));
+                Ok(entries)
+            }
+        }
     }
 
     fn read_layers(&self, path: &Path, warnings: &mut Vec<String>) -> Result<BTreeMap<Id, Layer>, Error> {
         let mut out = BTreeMap::new();
-        for (i, v) in self.read_array(path)?.into_iter().enumerate() {
+        for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
             let raw: raw::RawLayer = match serde_json::from_value(v) {
                 Ok(r) => r,
                 Err(e) => {
@@ -358,7 +373,7 @@ impl Store {
 
     fn read_images(&self, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Image>, Error> {
         let mut out: Vec<Image> = Vec::new();
-        for (i, v) in self.read_array(path)?.into_iter().enumerate() {
+        for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
             let raw: raw::RawImage = match serde_json::from_value(v) {
                 Ok(r) => r,
                 Err(e) => {
@@ -423,6 +438,40 @@ pub fn big_data_file_name(key: &str) -> String {
     }
 }
 
+/// The complete elements at the start of a JSON array whose tail is damaged, and
+/// whether the array was whole.
+fn salvage_array(bytes: &[u8]) -> (Vec<serde_json::Value>, bool) {
+    let mut out = Vec::new();
+    let skip_ws = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if bytes.get(i) != Some(&b'[') {
+        return (out, false);
+    }
+    i += 1;
+    loop {
+        i = skip_ws(i);
+        if bytes.get(i) == Some(&b']') {
+            return (out, true);
+        }
+        let mut it = serde_json::Deserializer::from_slice(&bytes[i..]).into_iter::<serde_json::Value>();
+        match it.next() {
+            Some(Ok(v)) => out.push(v),
+            _ => return (out, false),
+        }
+        i = skip_ws(i + it.byte_offset());
+        match bytes.get(i) {
+            Some(b',') => i += 1,
+            Some(b']') => return (out, true),
+            _ => return (out, false),
+        }
+    }
+}
+
 /// Reads a whole file, refusing files larger than `cap` bytes.
 fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let f = File::open(path)?;
@@ -437,6 +486,22 @@ fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn salvages_the_entries_before_damage() {
+        let whole = br#"[{"id":"a"}, {"id":"b"} ,{"id":"c"}]"#;
+        let (v, ok) = salvage_array(whole);
+        assert!(ok);
+        assert_eq!(v.len(), 3);
+        let (v, ok) = salvage_array(&whole[..20]);
+        assert!(!ok);
+        assert_eq!(v.len(), 1);
+        let (v, ok) = salvage_array(br#"[{"id":"a"},{"id":"b"}, x, {"id":"c"}]"#);
+        assert!(!ok);
+        assert_eq!(v.len(), 2);
+        assert_eq!(salvage_array(b"{}").0.len(), 0);
+        assert_eq!(salvage_array(b"").0.len(), 0);
+    }
 
     #[test]
     fn big_data_names() {
