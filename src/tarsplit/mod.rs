@@ -13,6 +13,7 @@
 mod cache;
 mod confine;
 mod reader;
+mod segs;
 
 use std::borrow::Cow;
 use std::io::{self, BufRead, BufReader, Read};
@@ -70,7 +71,7 @@ struct FileInfo {
 pub struct Index {
     entries: Vec<Entry>,
     files: Vec<FileInfo>,
-    segs: Vec<u8>,
+    segs: segs::Segs,
     names: Vec<u8>,
     size: u64,
 }
@@ -101,7 +102,8 @@ impl Index {
     /// rebuilt length must equal it.
     pub fn parse(r: impl Read, expected_size: Option<u64>) -> Result<Index, Error> {
         let mut r = BufReader::with_capacity(256 << 10, r);
-        let mut ix = Index { entries: Vec::new(), files: Vec::new(), segs: Vec::new(), names: Vec::new(), size: 0 };
+        let mut ix =
+            Index { entries: Vec::new(), files: Vec::new(), segs: segs::Segs::default(), names: Vec::new(), size: 0 };
         let mut line = Vec::new();
         let mut lineno = 0u64;
         let mut scratch = Vec::new();
@@ -159,7 +161,7 @@ impl Index {
             }
         }
         ix.entries.shrink_to_fit();
-        ix.segs.shrink_to_fit();
+        ix.segs.finish();
         ix.names.shrink_to_fit();
         ix.files.shrink_to_fit();
         Ok(ix)
@@ -173,8 +175,8 @@ impl Index {
 
     fn push_segment(&mut self, bytes: &[u8]) -> Result<(), String> {
         let start = self.grow(bytes.len() as u64)?;
-        let arena = self.segs.len() as u64;
-        self.segs.extend_from_slice(bytes);
+        let arena = self.segs.len();
+        self.segs.push(bytes);
         // Adjacent segments are one run of verbatim bytes: keep them as one entry.
         if let Some(last) = self.entries.last_mut() {
             if let Src::Seg { arena: a } = last.src {
@@ -214,7 +216,7 @@ impl Index {
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.files.capacity() * std::mem::size_of::<FileInfo>()
-            + self.segs.capacity()
+            + self.segs.heap_bytes()
             + self.names.capacity()
     }
 

@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::segs::ChunkCache;
 use super::{confine, Index, Src, CRC64};
 use crate::Id;
 
@@ -25,6 +26,7 @@ pub struct LayerBlob {
 pub struct BlobReader {
     blob: Arc<LayerBlob>,
     cur: Mutex<Option<(u32, Arc<File>)>>,
+    chunk: Mutex<ChunkCache>,
 }
 
 impl LayerBlob {
@@ -121,7 +123,7 @@ fn crc_of(f: &File, size: u64) -> io::Result<u64> {
 
 impl BlobReader {
     pub fn new(blob: Arc<LayerBlob>) -> BlobReader {
-        BlobReader { blob, cur: Mutex::new(None) }
+        BlobReader { blob, cur: Mutex::new(None), chunk: Mutex::default() }
     }
 
     pub fn blob(&self) -> &Arc<LayerBlob> {
@@ -157,8 +159,8 @@ impl BlobReader {
             let out = &mut buf[done..done + n];
             match e.src {
                 Src::Seg { arena } => {
-                    let a = (arena + within) as usize;
-                    out.copy_from_slice(&ix.segs[a..a + n]);
+                    let mut cache = self.chunk.lock().unwrap_or_else(|p| p.into_inner());
+                    ix.segs.read(arena + within, out, &mut cache);
                 }
                 Src::File { file } => {
                     let f = self.payload(file, e.len)?;
