@@ -27,7 +27,13 @@ use cstor_fs::Digest;
 /// (rw, ro, nodev, nosuid, noauto, nofail, _netdev, x-systemd.*, ...) are accepted.
 /// Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
 #[derive(Parser, Debug)]
-#[command(name = "cstor-fs", version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
+#[command(
+    name = "cstor-fs",
+    version,
+    args_conflicts_with_subcommands = true,
+    verbatim_doc_comment,
+    override_usage = "cstor-fs [OPTIONS] [STORE] MOUNTPOINT [-o OPT[,OPT...]]\n       cstor-fs <COMMAND> [OPTIONS]"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
