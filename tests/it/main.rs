@@ -5,6 +5,7 @@
 
 mod clients;
 mod common;
+mod hardening;
 mod mount;
 mod serve;
 mod store;
