@@ -7,7 +7,6 @@
 //! with `diff-size`) are recorded here and fed into the next model.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,12 +110,9 @@ impl Host {
         let Some(layer) = snapshot.layers.get(id) else {
             return Err(format!("layer {id} is not in the store"));
         };
+        // Through the cache: the first open of the layer then reuses this parse.
         let path = self.store.layer_files(id).tar_split;
-        let result = File::open(&path)
-            .map_err(tarsplit::Error::from)
-            .and_then(|f| tarsplit::Index::parse_gz(io::BufReader::new(f), layer.diff_size))
-            .map(|ix| ix.size())
-            .map_err(|e| e.to_string());
+        let result = self.cache.get(id, &path, layer.diff_size).map(|ix| ix.size()).map_err(|e| e.to_string());
         self.record_check(id, result.clone());
         result
     }
