@@ -100,6 +100,11 @@ impl Fixture {
         }
         let root = PathBuf::from(format!("/tmp/cstor-it/{driver}-{:08x}", h as u32));
         let done = root.join("images.txt");
+        // Other test runs (other checkouts) may build the same store at the same time.
+        std::fs::create_dir_all("/tmp/cstor-it").unwrap();
+        let lock = std::fs::File::create(format!("/tmp/cstor-it/{driver}-{:08x}.lock", h as u32)).unwrap();
+        // SAFETY: flock on a file we own; released when `lock` drops.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
         if !done.exists() {
             let _ = std::fs::remove_dir_all(&root);
             let t = Instant::now();
@@ -111,6 +116,7 @@ impl Fixture {
             .lines()
             .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
             .collect();
+        drop(lock);
         Fixture { storage: root.join("storage"), root, driver, images }
     }
 
