@@ -6,6 +6,7 @@
 //! model of repositories, tags, manifests and blobs built from a snapshot; [`fs`]
 //! presents that model through FUSE. The binary (`main.rs`) is glue.
 
+pub mod confine;
 pub mod digest;
 pub mod fs;
 pub mod host;

@@ -8,7 +8,6 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// A held OFD read lock; released on drop (closing the only fd of the description).
@@ -19,7 +18,8 @@ pub struct ReadLock {
 
 /// Opens `path` read-only and waits for a whole-file shared lock.
 pub fn read_lock(path: &Path) -> io::Result<ReadLock> {
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY).open(path)?;
+    // Non-blocking and regular-only: a FIFO in place of a lock file must not stall us.
+    let file = crate::confine::open_regular(path)?;
     // SAFETY: flock is a plain C struct; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_RDLCK as _;
@@ -45,6 +45,6 @@ fn token_of(mut f: &File) -> Vec<u8> {
 
 /// Reads a lock file's token without locking (for cheap change checks).
 pub fn peek_token(path: &Path) -> Option<Vec<u8>> {
-    let f = File::open(path).ok()?;
+    let f = crate::confine::open_regular(path).ok()?;
     Some(token_of(&f))
 }

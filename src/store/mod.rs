@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -235,17 +236,23 @@ impl Store {
         match serde_json::from_slice(&bytes) {
             Ok(v) => Ok(v),
             Err(e) => {
-                // Damaged (e.g. truncated): keep the entries before the damage.
-                let (entries, _) = salvage_array(&bytes);
-                if entries.is_empty() {
+                // Damaged (a crash mid-write, a bad edit): keep every complete entry. Only
+                // a file that is not an array at all is refused, so a refresh keeps the
+                // last good state and a first load fails naming the file.
+                let got = salvage_array(&bytes);
+                if !got.array {
                     return Err(Error::format(path, e));
                 }
+                let how = match got.skipped {
+                    0 => "before the damage".to_string(),
+                    n => format!("and skipping {n} damaged part(s)"),
+                };
                 warnings.push(format!(
-                    "{}: {e}; using the {} complete entries before the damage",
+                    "{}: {e}; using the {} complete entries {how}",
                     path.display(),
-                    entries.len()
+                    got.entries.len()
                 ));
-                Ok(entries)
+                Ok(got.entries)
             }
         }
     }
@@ -253,10 +260,11 @@ impl Store {
     fn read_layers(&self, path: &Path, warnings: &mut Vec<String>) -> Result<BTreeMap<Id, Layer>, Error> {
         let mut out = BTreeMap::new();
         for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
+            let label = entry_label(i, &v);
             let raw: raw::RawLayer = match serde_json::from_value(v) {
                 Ok(r) => r,
                 Err(e) => {
-                    warnings.push(format!("{}: entry {i}: {e}", path.display()));
+                    warnings.push(format!("{}: {label}: {e}", path.display()));
                     continue;
                 }
             };
@@ -373,11 +381,15 @@ impl Store {
 
     fn read_images(&self, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Image>, Error> {
         let mut out: Vec<Image> = Vec::new();
+        // Big data is opened beneath this handle: no symlink in the image's directory
+        // (or in place of it) can point the read outside the store.
+        let images_dir = crate::confine::open_dir(&self.images_dir()).map_err(|e| e.to_string());
         for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
+            let label = entry_label(i, &v);
             let raw: raw::RawImage = match serde_json::from_value(v) {
                 Ok(r) => r,
                 Err(e) => {
-                    warnings.push(format!("{}: entry {i}: {e}", path.display()));
+                    warnings.push(format!("{}: {label}: {e}", path.display()));
                     continue;
                 }
             };
@@ -402,16 +414,13 @@ impl Store {
                     }
                 },
             };
-            let dir = self.images_dir().join(id.hex());
             let big_data = raw
                 .big_data_names
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|k| k.starts_with("manifest") || k.starts_with("sha256:"))
                 .map(|k| {
-                    let file = dir.join(big_data_file_name(&k));
-                    let v =
-                        read_capped(&file, MAX_BIG_DATA).map(Arc::from).map_err(|e| format!("{}: {e}", file.display()));
+                    let v = self.read_big_data(images_dir.as_ref(), &id, &k);
                     (k, v)
                 })
                 .collect();
@@ -428,6 +437,30 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Reads one big-data item, confined to the images directory, capped in size, and
+    /// checked against the digest its key names (`sha256:<d>`, `manifest-sha256:<d>`).
+    fn read_big_data(&self, dir: Result<&OwnedFd, &String>, id: &Id, key: &str) -> Result<Arc<[u8]>, String> {
+        let name = big_data_file_name(key);
+        let file = self.images_dir().join(id.hex()).join(&name);
+        let dir = dir.map_err(|e| format!("{}: {e}", self.images_dir().display()))?;
+        let rel = format!("{}/{name}", id.hex());
+        let bytes = crate::confine::open_regular_beneath(dir, rel.as_bytes())
+            .and_then(|f| read_file_capped(f, MAX_BIG_DATA))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let named = key.strip_prefix("manifest-").unwrap_or(key);
+        if named.starts_with("sha256:") {
+            let actual = Digest::of(&bytes);
+            match named.parse::<Digest>() {
+                Ok(d) if d == actual => {}
+                Ok(_) => return Err(format!("{}: content hashes to {actual}, not to its key {key}", file.display())),
+                Err(e) => return Err(format!("{}: big-data key {key:?}: {e}", file.display())),
+            }
+        }
+        Ok(Arc::from(bytes))
+    }
+}
+
 /// The file name c/storage gives a big-data item: the key itself when it has only
 /// `[.0-9a-z]`, else `=` + base64(key).
 pub fn big_data_file_name(key: &str) -> String {
@@ -438,43 +471,109 @@ pub fn big_data_file_name(key: &str) -> String {
     }
 }
 
-/// The complete elements at the start of a JSON array whose tail is damaged, and
-/// whether the array was whole.
-fn salvage_array(bytes: &[u8]) -> (Vec<serde_json::Value>, bool) {
-    let mut out = Vec::new();
+/// `entry <i>`, plus the entry's id when it has a string one (for warnings).
+fn entry_label(i: usize, v: &serde_json::Value) -> String {
+    match v.get("id").and_then(serde_json::Value::as_str) {
+        Some(id) => format!("entry {i} (id {:?})", id.chars().take(80).collect::<String>()),
+        None => format!("entry {i}"),
+    }
+}
+
+/// What [`salvage_array`] recovered from a damaged JSON array.
+#[derive(Debug, Default)]
+struct Salvaged {
+    /// The complete elements, in order.
+    entries: Vec<serde_json::Value>,
+    /// Damaged stretches skipped to reach later elements.
+    skipped: usize,
+    /// Whether the input starts like an array at all (else it is not a store file).
+    array: bool,
+}
+
+/// The complete elements of a damaged JSON array of objects. After damage it resyncs
+/// at the next `,{` whose object parses, has an `"id"` and ends at `,` or `]`, so a
+/// syntax error inside one entry costs that entry only. The number of resync attempts
+/// is bounded, so hostile input costs linear time.
+fn salvage_array(bytes: &[u8]) -> Salvaged {
+    const MAX_ATTEMPTS: usize = 4096;
+    let mut out = Salvaged::default();
     let skip_ws = |mut i: usize| {
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
         i
     };
+    // One element at `i`: its value and the index after the `,`/`]` that ends it.
+    let element = |i: usize| -> Option<(serde_json::Value, usize, bool)> {
+        let mut it = serde_json::Deserializer::from_slice(&bytes[i..]).into_iter::<serde_json::Value>();
+        let v = it.next()?.ok()?;
+        let j = skip_ws(i + it.byte_offset());
+        match bytes.get(j) {
+            Some(b',') => Some((v, j + 1, false)),
+            Some(b']') => Some((v, j + 1, true)),
+            _ => None,
+        }
+    };
     let mut i = skip_ws(0);
     if bytes.get(i) != Some(&b'[') {
-        return (out, false);
+        return out;
     }
+    out.array = true;
     i += 1;
+    let mut attempts = 0;
     loop {
         i = skip_ws(i);
-        if bytes.get(i) == Some(&b']') {
-            return (out, true);
+        if i >= bytes.len() || bytes[i] == b']' {
+            return out;
         }
-        let mut it = serde_json::Deserializer::from_slice(&bytes[i..]).into_iter::<serde_json::Value>();
-        match it.next() {
-            Some(Ok(v)) => out.push(v),
-            _ => return (out, false),
+        if let Some((v, next, last)) = element(i) {
+            out.entries.push(v);
+            if last {
+                return out;
+            }
+            i = next;
+            continue;
         }
-        i = skip_ws(i + it.byte_offset());
-        match bytes.get(i) {
-            Some(b',') => i += 1,
-            Some(b']') => return (out, true),
-            _ => return (out, false),
+        // Damage: find the next element start that parses as a whole entry.
+        out.skipped += 1;
+        let mut j = i + 1;
+        let found = loop {
+            let Some(k) = bytes[j.min(bytes.len())..].iter().position(|&b| b == b',') else { break None };
+            let comma = j + k;
+            let open = skip_ws(comma + 1);
+            j = comma + 1;
+            if bytes.get(open) != Some(&b'{') {
+                continue;
+            }
+            attempts += 1;
+            if attempts > MAX_ATTEMPTS {
+                break None;
+            }
+            if let Some((v, next, last)) = element(open) {
+                if v.get("id").is_some_and(serde_json::Value::is_string) {
+                    break Some((v, next, last));
+                }
+            }
+        };
+        match found {
+            Some((v, next, last)) => {
+                out.entries.push(v);
+                if last {
+                    return out;
+                }
+                i = next;
+            }
+            None => return out,
         }
     }
 }
 
 /// Reads a whole file, refusing files larger than `cap` bytes.
 fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    let f = File::open(path)?;
+    read_file_capped(crate::confine::open_regular(path)?, cap)
+}
+
+fn read_file_capped(f: File, cap: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(cap + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > cap {
@@ -490,17 +589,32 @@ mod tests {
     #[test]
     fn salvages_the_entries_before_damage() {
         let whole = br#"[{"id":"a"}, {"id":"b"} ,{"id":"c"}]"#;
-        let (v, ok) = salvage_array(whole);
-        assert!(ok);
-        assert_eq!(v.len(), 3);
-        let (v, ok) = salvage_array(&whole[..20]);
-        assert!(!ok);
-        assert_eq!(v.len(), 1);
-        let (v, ok) = salvage_array(br#"[{"id":"a"},{"id":"b"}, x, {"id":"c"}]"#);
-        assert!(!ok);
-        assert_eq!(v.len(), 2);
-        assert_eq!(salvage_array(b"{}").0.len(), 0);
-        assert_eq!(salvage_array(b"").0.len(), 0);
+        let got = salvage_array(whole);
+        assert_eq!((got.entries.len(), got.skipped, got.array), (3, 0, true));
+        let got = salvage_array(&whole[..20]);
+        assert_eq!((got.entries.len(), got.skipped), (1, 1));
+        let got = salvage_array(br#"[{"id":"a"},{"id":"b"}, x, {"id":"c"}]"#);
+        assert_eq!((got.entries.len(), got.skipped), (3, 1));
+        assert!(!salvage_array(b"{}").array);
+        assert!(!salvage_array(b"").array);
+        assert_eq!(salvage_array(b"[").entries.len(), 0);
+        assert!(salvage_array(br#"[{"id":"a","#).array);
+    }
+
+    #[test]
+    fn salvage_resyncs_after_a_damaged_entry() {
+        // A lost `:` inside the middle entry, and a stray byte.
+        let got = salvage_array(br#"[{"id":"a","n":[1]},{"id" "b","x":{"y":1}},{"id":"c"}]"#);
+        let ids: Vec<_> = got.entries.iter().map(|v| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(got.skipped, 1);
+        // A nested object without an id is not taken for an entry.
+        let got = salvage_array(br#"[{"id" "b","m":[1,{"k":2}]},{"id":"c"}]"#);
+        let ids: Vec<_> = got.entries.iter().map(|v| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["c"]);
+        // Damage to the end: nothing after it, no endless scan.
+        let got = salvage_array(&[b"[{\"id\":\"a\"},{".as_slice(), &b",{".repeat(100_000)].concat());
+        assert_eq!(got.entries.len(), 1);
     }
 
     #[test]

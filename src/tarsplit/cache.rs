@@ -1,7 +1,6 @@
 //! A shared cache of layer indexes, so each tar-split is parsed once while in use.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use super::{Error, Index};
@@ -52,7 +51,7 @@ impl IndexCache {
         if let Some(ix) = guard.as_ref() {
             return Ok(ix.clone());
         }
-        let f = File::open(tar_split)?;
+        let f = crate::confine::open_regular(tar_split)?;
         let ix = Arc::new(Index::parse_gz(std::io::BufReader::new(f), expected_size)?);
         *guard = Some(ix.clone());
         drop(guard);

@@ -11,9 +11,10 @@
 //! the layer and path. The index never holds file contents.
 
 mod cache;
-mod confine;
 mod reader;
 mod segs;
+
+use crate::confine;
 
 use std::borrow::Cow;
 use std::io::{self, BufRead, BufReader, Read};
@@ -31,6 +32,10 @@ pub(crate) const CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Tab
 /// Longest JSON line accepted (a PAX header segment is a few KiB; names are bounded).
 const MAX_LINE: u64 = 16 << 20;
 
+/// Most file payloads one layer may have (~60 bytes of index each); a stream beyond
+/// it is refused rather than indexed, whatever its recorded size.
+const MAX_FILES: usize = 1 << 23;
+
 /// Why a tar-split stream cannot be indexed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,6 +45,8 @@ pub enum Error {
     Format { line: u64, msg: String },
     #[error("tar-split rebuilds {actual} bytes but the layer records diff-size {expected} (sparse files or damaged metadata)")]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error("tar-split rebuilds more than the layer's diff-size {expected} (stopped at line {line})")]
+    TooLarge { expected: u64, line: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +161,11 @@ impl Index {
                 }
                 k => return Err(bad(format!("unknown entry type {k}"))),
             }
+            // Stop as soon as the stream outgrows the layer: a small, highly compressed
+            // tar-split must not make us index millions of entries before refusing it.
+            if let Some(expected) = expected_size.filter(|&e| ix.size > e) {
+                return Err(Error::TooLarge { expected, line: lineno });
+            }
         }
         if let Some(expected) = expected_size {
             if expected != ix.size {
@@ -192,6 +204,9 @@ impl Index {
 
     fn push_file(&mut self, path: &[u8], size: u64, crc: Option<u64>) -> Result<(), String> {
         let start = self.grow(size)?;
+        if self.files.len() >= MAX_FILES {
+            return Err(format!("more than {MAX_FILES} files"));
+        }
         let file = u32::try_from(self.files.len()).map_err(|_| "too many files")?;
         let off = u32::try_from(self.names.len()).map_err(|_| "file names too long")?;
         let len = u32::try_from(path.len()).map_err(|_| "file name too long")?;

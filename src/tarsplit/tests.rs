@@ -170,6 +170,12 @@ fn size_mismatch_is_refused() {
     let fx = sample();
     let err = Index::parse(&fx.tar_split[..], Some(fx.tar.len() as u64 + 1)).unwrap_err();
     assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+    // Smaller than the stream: refused at the line that passes it, not at the end.
+    let err = Index::parse(&fx.tar_split[..], Some(600)).unwrap_err();
+    match err {
+        Error::TooLarge { expected: 600, line } => assert!(line < 5, "{line}"),
+        e => panic!("{e}"),
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! Opening payload files so that nothing in a (possibly hostile) layer directory can
-//! lead the open elsewhere: no symlink is followed at any component and no `..`
-//! escapes. Uses `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`; on kernels without
-//! it, walks the path one component at a time with `O_NOFOLLOW`.
+//! Opening files of a (possibly hostile) store so that nothing in it can lead the open
+//! elsewhere or stall it: no symlink is followed at any component below a directory
+//! handle and no `..` escapes (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`; on
+//! kernels without it, a walk one component at a time with `O_NOFOLLOW`), every open
+//! is `O_NONBLOCK` (a FIFO never blocks), and [`open_regular`] / [`open_regular_beneath`]
+//! refuse anything but a regular file. Used by `store` and `tarsplit` alike.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -14,6 +16,50 @@ static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// Flags for the final open: never block on a FIFO, never become a controlling tty.
 const FILE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// Opens `path` (its last component must not be a symlink) if it is a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(c.as_ptr(), FILE_FLAGS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open and is owned by no one else.
+    regular(unsafe { File::from_raw_fd(fd) })
+}
+
+/// [`open_beneath`], then refuses anything but a regular file.
+pub fn open_regular_beneath(dir: &OwnedFd, rel: &[u8]) -> io::Result<File> {
+    regular(open_beneath(dir, rel)?)
+}
+
+fn regular(f: File) -> io::Result<File> {
+    let ft = f.metadata()?.file_type();
+    if ft.is_file() {
+        Ok(f)
+    } else if ft.is_symlink() {
+        Err(io::Error::from_raw_os_error(libc::ELOOP))
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file ({})", kind(&ft))))
+    }
+}
+
+fn kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
 
 /// Opens a directory to resolve payloads beneath (an `O_PATH` handle pins it even if
 /// the layer directory is renamed away).
