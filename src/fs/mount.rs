@@ -25,6 +25,20 @@ pub struct MountConfig {
     pub fsname: String,
 }
 
+/// Why an unprivileged mount may have been refused, when the cause is recognisable.
+fn hint(e: &io::Error) -> &'static str {
+    let dev_fuse_usable = || {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) == 0 }
+    };
+    if e.kind() == io::ErrorKind::PermissionDenied && !dev_fuse_usable() {
+        " (/dev/fuse is not read-writable for this user; standard systems make it mode 0666, \
+         or add -o auto_unmount to mount through fusermount3)"
+    } else {
+        ""
+    }
+}
+
 /// Mounts and serves until unmounted or signalled. Without `foreground`, the calling
 /// process exits with status 0 as soon as the mount is live and a child serves it.
 pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
@@ -53,7 +67,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let mut session = Session::new(CstorFs::new(shared.clone()), &cfg.mountpoint, &config)
-        .map_err(|e| io::Error::new(e.kind(), format!("mounting at {}: {e}", cfg.mountpoint.display())))?;
+        .map_err(|e| io::Error::new(e.kind(), format!("mounting at {}: {e}{}", cfg.mountpoint.display(), hint(&e))))?;
     if !cfg.foreground {
         daemonize()?;
     }
