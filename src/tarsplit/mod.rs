@@ -18,7 +18,7 @@ use crate::confine;
 
 use std::borrow::Cow;
 use std::io::{self, BufRead, BufReader, Read};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -69,8 +69,10 @@ struct FileInfo {
     /// Range of the cleaned, relative path in the name arena.
     name: (u32, u32),
     crc: Option<u64>,
-    /// Set once the file on disk was confirmed to hold exactly the recorded content.
-    verified: AtomicBool,
+    /// Identity of the file on disk last confirmed to hold exactly the recorded content
+    /// ([`stamp`] of its metadata; 0: never). A file changed or replaced since then has
+    /// another stamp and is checked again.
+    verified: AtomicU64,
 }
 
 /// Offsets of every segment and payload of one layer tar.
@@ -212,7 +214,7 @@ impl Index {
         let len = u32::try_from(path.len()).map_err(|_| "file name too long")?;
         off.checked_add(len).ok_or("file names too long")?;
         self.names.extend_from_slice(path);
-        self.files.push(FileInfo { name: (off, len), crc, verified: AtomicBool::new(false) });
+        self.files.push(FileInfo { name: (off, len), crc, verified: AtomicU64::new(0) });
         self.entries.push(Entry { start, len: size, src: Src::File { file } });
         Ok(())
     }
@@ -244,6 +246,16 @@ impl Index {
     fn entry_at(&self, offset: u64) -> usize {
         self.entries.partition_point(|e| e.start <= offset) - 1
     }
+}
+
+/// A fingerprint of a payload file's identity and last change: device, inode, size,
+/// mtime and ctime (any write, truncate, chmod or replacement changes it). Never 0.
+pub(crate) fn stamp(md: &std::fs::Metadata) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()).hash(&mut h);
+    h.finish() | 1
 }
 
 /// Cleans a tar entry name as if rooted at `/` (Go's `filepath.Clean("/" + name)`),

@@ -63,7 +63,7 @@ impl LayerBlob {
     }
 
     /// Opens payload `file`, checking it is a regular file of the recorded size, and
-    /// (once per index) that its content has the recorded CRC-64.
+    /// that its content has the recorded CRC-64 (again whenever the file changed since).
     fn open_payload(&self, file: u32, size: u64) -> io::Result<File> {
         let name = self.index.name(file);
         let mut last = None;
@@ -90,7 +90,8 @@ impl LayerBlob {
             return Err(self.err(file, format_args!("payload is {} bytes, tar-split records {size}", md.size())));
         }
         let info = &self.index.files[file as usize];
-        if !info.verified.load(Ordering::Acquire) {
+        let stamp = super::stamp(&md);
+        if info.verified.load(Ordering::Acquire) != stamp {
             if let Some(want) = info.crc {
                 let got = crc_of(&f, size).map_err(|e| self.err(file, e))?;
                 if got != want {
@@ -99,7 +100,7 @@ impl LayerBlob {
                     );
                 }
             }
-            info.verified.store(true, Ordering::Release);
+            info.verified.store(stamp, Ordering::Release);
         }
         Ok(f)
     }

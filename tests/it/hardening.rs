@@ -876,7 +876,6 @@ fn payload_shorter_longer_or_different_fails_with_eio_naming_the_file() {
 }
 
 #[test]
-#[ignore = "src: a payload changed on disk after its first verified read is served unchecked (tarsplit FileInfo::verified is per index, never re-checked)"]
 fn payload_changed_after_a_verified_read_is_not_served() {
     let s = MiniStore::new("overlay");
     let good = goods(&s);
