@@ -68,6 +68,21 @@ fn mounts_below(dir: &Path) -> Vec<String> {
 }
 
 /// SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
+/// Runs `cmd`; on failure panics with its output and the tail of the daemon's `log`.
+fn stdout_or_panic(cmd: &mut Command, what: &str, log: &Path) -> String {
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n{}{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log_tail(log)
+        );
+    }
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn terminate(child: &mut Child, grace: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
@@ -232,17 +247,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn ctr_out(&self, args: &[&str]) -> String {
-        let out = self.ctr(args).output().unwrap();
-        if !out.status.success() {
-            panic!(
-                "ctr {args:?} failed ({}):\n{}{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                log_tail(&self.log)
-            );
-        }
-        String::from_utf8(out.stdout).unwrap()
+        stdout_or_panic(&mut self.ctr(args), &format!("ctr {args:?}"), &self.log)
     }
 
     /// Stops containerd; returns what had to be cleaned up besides it.
@@ -466,17 +471,7 @@ impl Dockerd {
     }
 
     fn docker_out(&self, args: &[&str]) -> String {
-        let out = self.docker(args).output().unwrap();
-        if !out.status.success() {
-            panic!(
-                "docker {args:?} failed ({}):\n{}{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                log_tail(&self.log)
-            );
-        }
-        String::from_utf8(out.stdout).unwrap()
+        stdout_or_panic(&mut self.docker(args), &format!("docker {args:?}"), &self.log)
     }
 
     /// Stops dockerd and its containerd; returns what had to be cleaned up besides them.

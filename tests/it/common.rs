@@ -270,23 +270,28 @@ impl Mount {
     }
 
     pub fn unmount(&mut self) {
-        if is_mounted(&self.dir) {
-            let _ = Command::new("fusermount3").arg("-u").arg(&self.dir).status();
+        unmount_and_reap(&self.dir, self.child.take());
+    }
+}
+
+/// Unmounts `dir` the way a user would (fusermount3 -u), gives the daemon 5 s to exit,
+/// then kills it; a mount still there after that is detached (umount -l).
+pub fn unmount_and_reap(dir: &Path, child: Option<Child>) {
+    if is_mounted(dir) {
+        let _ = Command::new("fusermount3").arg("-u").arg(dir).status();
+    }
+    if let Some(mut c) = child {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(mut c) = self.child.take() {
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Ok(None) = c.try_wait() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if is_mounted(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
+    }
+    if is_mounted(dir) {
+        let _ = Command::new("umount").arg("-l").arg(dir).status();
     }
 }
 
