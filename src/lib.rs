@@ -13,5 +13,6 @@ pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod tarsplit;
+pub mod userns;
 
 pub use digest::{Digest, Id};
