@@ -7,5 +7,6 @@ mod clients;
 mod common;
 mod hardening;
 mod mount;
+mod rootless;
 mod serve;
 mod store;
