@@ -380,9 +380,19 @@ fn rootless(driver: &str) {
     assert!(!v.status.success() && text.contains("Permission denied"), "verify --userns off should fail:\n{text}");
 
     // Mount as the user: visible in the normal mount namespace, every blob hashes right.
+    // As the user unit runs it: Type=notify, so READY=1 must come from inside the namespace.
     let mnt = a.mkdir("mnt");
-    let mut m = Proc::start(a.cstor(&["-f", mnt.to_str().unwrap()]), a.dir.path().join("mount.log"));
+    let sock_path = a.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    std::os::unix::fs::chown(&sock_path, Some(a.uid), Some(a.gid)).unwrap();
+    let mut cmd = a.cstor(&["-f", mnt.to_str().unwrap()]);
+    cmd.env("NOTIFY_SOCKET", &sock_path);
+    let mut m = Proc::start(cmd, a.dir.path().join("mount.log"));
     wait_mounted(&mut m, &mnt);
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no READY=1 from the mount: {e}\n{}", m.log()));
+    assert_eq!(&buf[..n], b"READY=1\n");
     let hashes = blob_hashes_as(&a, &mnt.join("v2"));
     assert!(hashes.len() >= 7, "blobs: {hashes:?}");
     for (name, sum) in &hashes {
