@@ -23,7 +23,8 @@ use cstor_fs::{userns, Digest};
 ///
 /// STORE defaults to the graphroot podman would use. Mount options: allow_other,
 /// allow_root, auto_unmount, storage=DIR, driver=overlay|vfs, uid=N, gid=N,
-/// file_mode=0444, dir_mode=0555, fsname=NAME; generic ones that mount(8) passes
+/// file_mode=0444, dir_mode=0555, fsname=NAME, userns=auto|require|off (a rootless
+/// store is read inside podman's user namespace); generic ones that mount(8) passes
 /// (rw, ro, nodev, nosuid, noauto, nofail, _netdev, x-systemd.*, ...) are accepted.
 /// Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
 #[derive(Parser, Debug)]

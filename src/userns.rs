@@ -360,6 +360,8 @@ fn helper(
             unsafe { libc::close(fd) };
         }
     }
+    // The mount to watch is the one there now, not one a restarted daemon makes later.
+    let ours = mountpoint.and_then(mount_source);
     let mut b = [0u8; 1];
     if !matches!(go.read(&mut b), Ok(1)) {
         return 1; // the parent gave up before unsharing
@@ -385,13 +387,35 @@ fn helper(
     // Keep watch: 'u' asks for an unmount; end of file means the daemon is gone.
     loop {
         let n = go.read(&mut b).unwrap_or(0);
-        if crate::fs::is_mounted(mnt) {
+        let still_ours = match &ours {
+            Some(_) => mount_source(mnt) == ours,
+            None => crate::fs::is_mounted(mnt),
+        };
+        if still_ours {
             let _ = Command::new("fusermount3").arg("-u").arg("-z").arg("--").arg(mnt).status();
         }
         if n == 0 {
             return 0;
         }
     }
+}
+
+/// The mount id and device (`/proc/self/mountinfo`) of what is mounted at `dir`, if anything.
+fn mount_source(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let mut want = String::new();
+    for c in dir.to_str()?.chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => want += &format!("\\{:03o}", c as u32),
+            c => want.push(c),
+        }
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The last entry at a path is the one on top.
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want.as_str())).then(|| format!("{} {}", f[0], f[2]))
+    })
 }
 
 /// Whether `/etc/fuse.conf` lets non-root users mount with `allow_other`/`allow_root`.

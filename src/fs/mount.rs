@@ -101,6 +101,13 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
                 None => force_unmount(&mountpoint),
             }
         }
+        // A copy of the mount in a mount namespace made meanwhile (unshare -m) keeps the
+        // connection open after a lazy unmount here: do not wait for it forever.
+        std::thread::sleep(Duration::from_secs(3));
+        if !is_mounted(&mountpoint) {
+            log::info!("unmounted {}; the connection is still held elsewhere: exiting", mountpoint.display());
+            std::process::exit(0);
+        }
     })?;
     let notifier = session.notifier();
     let poll = cfg.poll;

@@ -301,6 +301,27 @@ fn blob_hashes_as(user: &User, v2: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// (pid, parent pid) of `uid`'s processes with `arg` on their command line.
+fn procs_with_arg(uid: u32, arg: &str) -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
+        };
+        let mine = field("Uid:") == Some(uid as i64) && !status.contains("State:\tZ");
+        if mine && cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+            out.push((pid, field("PPid:").unwrap_or(0) as i32));
+        }
+    }
+    out
+}
+
 fn wait_mounted(p: &mut Proc, dir: &Path) {
     wait_for("the rootless mount", Duration::from_secs(30), || {
         if let Some(st) = p.exited() {
@@ -412,6 +433,22 @@ fn rootless(driver: &str) {
         assert!(!o.status.success() && out_text(&o).contains("user_allow_other"), "{}", out_text(&o));
         assert!(!is_mounted(&mnt));
     }
+
+    // Detached (the default): back once live; if the daemon dies, its keeper outside the
+    // namespace unmounts (fusermount3 cannot from inside).
+    // (No pipes: the daemon keeps stderr when RUST_LOG is set, and output() would wait.)
+    let st = a.cstor(&[mnt.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(st.success() && is_mounted(&mnt), "detached mount: {st}");
+    // The keeper is forked once the detached daemon runs.
+    let mut procs = Vec::new();
+    wait_for("the daemon and its keeper", Duration::from_secs(10), || {
+        procs = procs_with_arg(a.uid, mnt.to_str().unwrap());
+        procs.len() == 2
+    });
+    let daemon = procs.iter().find(|(_, pp)| !procs.iter().any(|(p, _)| p == pp)).expect("the daemon").0;
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    wait_for("the keeper to unmount after the daemon died", Duration::from_secs(10), || !is_mounted(&mnt));
 
     // Serve as the user (its own nginx), pull and copy from it as root.
     let port = free_port();
