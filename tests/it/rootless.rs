@@ -482,6 +482,16 @@ fn rootless(driver: &str) {
     }
     assert_eq!(s.stop().map(|st| st.success()), Some(true), "serve:\n{}", s.log());
 
+    // The store lookup agrees with podman's, also with storage.conf's rootless_storage_path.
+    let graphroot = || stdout(&mut a.podman(&["info", "--format", "{{.Store.GraphRoot}}"])).trim().to_string();
+    assert_eq!(graphroot(), a.default_store().to_str().unwrap());
+    std::fs::write(&conf, format!("[storage]\ndriver = \"{driver}\"\nrootless_storage_path = \"$HOME/alt\"\n"))
+        .unwrap();
+    let alt = graphroot();
+    assert_eq!(alt, a.home().join("alt").to_str().unwrap());
+    let list = stdout(&mut a.cstor(&["list"]));
+    assert!(list.starts_with(&format!("store {alt} ({driver})")), "rootless_storage_path not followed:\n{list}");
+
     // A user without subordinate ids: the clear error, what it can read, EIO for the rest.
     let b = User::new(false);
     let store = b.dir.path().join("store");
