@@ -482,6 +482,29 @@ fn rootless(driver: &str) {
     }
     assert_eq!(s.stop().map(|st| st.success()), Some(true), "serve:\n{}", s.log());
 
+    // newuidmap failing after the namespace exists: the error, what the user can read,
+    // EIO for the rest, and the keeper still unmounts on SIGTERM.
+    let fake = a.mkdir("fakebin");
+    std::fs::write(fake.join("newuidmap"), "#!/bin/sh\necho 'newuidmap: broken on purpose' >&2\nexit 1\n").unwrap();
+    run(Command::new("chmod").arg("0755").arg(fake.join("newuidmap")));
+    let fake_path = format!("{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", fake.display());
+    let o = a.cstor(&["verify", "localhost/plain:1"]).env("PATH", &fake_path).output().unwrap();
+    let text = out_text(&o);
+    assert!(o.status.success() && text.contains("broken on purpose"), "{text}");
+    let mut cmd = a.cstor(&["-f", mnt.to_str().unwrap()]);
+    cmd.env("PATH", &fake_path);
+    let mut m = Proc::start(cmd, a.dir.path().join("mount-broken.log"));
+    wait_mounted(&mut m, &mnt);
+    let secret = mnt.join("v2/localhost/secret/manifests/built");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&run(&mut a.cmd("cat", &[secret.to_str().unwrap()])).stdout).unwrap();
+    let layer = mnt.join("v2/localhost/secret/blobs").join(manifest["layers"][0]["digest"].as_str().unwrap());
+    let o = a.cmd("cat", &[layer.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success() && out_text(&o).contains("Input/output error"), "{}", out_text(&o));
+    assert!(m.log().contains("broken on purpose") && m.log().contains("etc/shadow"), "{}", m.log());
+    assert_eq!(m.stop().map(|st| st.success()), Some(true), "{}", m.log());
+    assert!(!is_mounted(&mnt), "not unmounted on SIGTERM:\n{}", m.log());
+
     // The store lookup agrees with podman's, also with storage.conf's rootless_storage_path.
     let graphroot = || stdout(&mut a.podman(&["info", "--format", "{{.Store.GraphRoot}}"])).trim().to_string();
     assert_eq!(graphroot(), a.default_store().to_str().unwrap());
