@@ -418,13 +418,6 @@ fn mount_source(dir: &Path) -> Option<String> {
     })
 }
 
-/// Whether `/etc/fuse.conf` lets non-root users mount with `allow_other`/`allow_root`.
-pub fn fuse_conf_allows_other() -> bool {
-    std::fs::read_to_string("/etc/fuse.conf")
-        .map(|t| t.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! Mounting: the fuser session, daemonizing once the mount is live, the refresh and
-//! layer-check loops, and unmounting on SIGINT/SIGTERM/SIGHUP.
+//! Mounting: the fuser session, daemonizing once the mount is live, entering a rootless
+//! store's user namespace (through [`crate::userns`], before any thread starts), the
+//! refresh and layer-check loops, and unmounting on SIGINT/SIGTERM/SIGHUP.
 
 use std::io;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0
         && (cfg.options.allow_other || cfg.options.allow_root)
-        && !userns::fuse_conf_allows_other()
+        && !fuse_conf_allows_other()
     {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -144,6 +145,13 @@ fn enter_userns(cfg: &MountConfig) -> io::Result<Option<Keeper>> {
         Some(e) => log::error!("{e}: serving only the files {} can read; others fail with EIO", plan.user),
     }
     Ok(keeper)
+}
+
+/// Whether `/etc/fuse.conf` lets non-root users mount with `allow_other`/`allow_root`.
+fn fuse_conf_allows_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .map(|t| t.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
+        .unwrap_or(false)
 }
 
 /// Tells systemd (Type=notify) that the mount is live, if it is listening.
