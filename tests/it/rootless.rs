@@ -433,6 +433,39 @@ fn rootless(driver: &str) {
         assert!(!o.status.success() && out_text(&o).contains("user_allow_other"), "{}", out_text(&o));
         assert!(!is_mounted(&mnt));
     }
+    // With user_allow_other (in a private mount namespace, over a private fuse.conf), other
+    // users, such as a system nginx, read the rootless mount: root here, through /proc.
+    let mnt_other = a.mkdir("mnt-other");
+    let fuse_conf = a.dir.path().join("fuse.conf");
+    std::fs::write(&fuse_conf, "user_allow_other\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/fuse.conf && exec setpriv --reuid={} --regid={} --clear-groups env -i HOME={} \
+         XDG_RUNTIME_DIR={} PATH=/usr/bin:/bin RUST_LOG=info {} -f -o allow_other {}",
+        fuse_conf.display(),
+        a.uid,
+        a.gid,
+        a.home().display(),
+        a.dir.path().join("run").display(),
+        a.bin().display(),
+        mnt_other.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let mut m = Proc::start(cmd, a.dir.path().join("mount-other.log"));
+    let pid = m.child.as_ref().unwrap().id();
+    let seen = PathBuf::from(format!("/proc/{pid}/root{}", mnt_other.display()));
+    wait_for("the allow_other mount", Duration::from_secs(20), || {
+        assert!(m.exited().is_none(), "allow_other mount exited:\n{}", m.log());
+        std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default().contains(mnt_other.to_str().unwrap())
+    });
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(seen.join("v2/localhost/secret/manifests/built")).unwrap()).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let sum = sha256_file(&seen.join("v2/localhost/secret/blobs").join(d));
+        assert_eq!(format!("sha256:{sum}"), d, "read by another user through allow_other");
+    }
+    assert_eq!(m.stop().map(|st| st.success()), Some(true), "{}", m.log());
 
     // Detached (the default): back once live; if the daemon dies, its keeper outside the
     // namespace unmounts (fusermount3 cannot from inside).
