@@ -295,8 +295,9 @@ impl Plan {
                     let e = io::Error::last_os_error();
                     // Dropping the keeper before "go" makes the helper exit without acting.
                     return Err(Error::Map(format!(
-                        "unshare(CLONE_NEWUSER): {e} (are unprivileged user namespaces disabled? \
-                         see sysctl user.max_user_namespaces)"
+                        "unshare(CLONE_NEWUSER): {e} (unprivileged user namespaces disabled? see sysctl \
+                         user.max_user_namespaces, kernel.unprivileged_userns_clone, or AppArmor's \
+                         restrict_unprivileged_userns; rootless podman needs them too)"
                     )));
                 }
                 let error = self.finish(&keeper, &res_r).err();
