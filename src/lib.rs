@@ -4,7 +4,8 @@
 //! [`store::Snapshot`]; [`tarsplit`] turns a layer's tar-split metadata plus its
 //! files into a random-access [`tarsplit::LayerBlob`]; [`registry`] is a pure
 //! model of repositories, tags, manifests and blobs built from a snapshot; [`fs`]
-//! presents that model through FUSE. The binary (`main.rs`) is glue.
+//! presents that model through FUSE; [`userns`] lets a rootless store be read with
+//! the rights of podman's user namespace. The binary (`main.rs`) is glue.
 
 pub mod confine;
 pub mod digest;
@@ -14,5 +15,6 @@ pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod tarsplit;
+pub mod userns;
 
 pub use digest::{Digest, Id};

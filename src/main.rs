@@ -15,7 +15,7 @@ use cstor_fs::host::{Host, DEFAULT_INDEX_BUDGET};
 use cstor_fs::registry::{BlobSource, Registry};
 use cstor_fs::store::{self, config, Store};
 use cstor_fs::tarsplit::BlobReader;
-use cstor_fs::Digest;
+use cstor_fs::{userns, Digest};
 
 /// Serve containers-storage, read-only, as a registry-shaped FUSE tree.
 ///
@@ -23,7 +23,8 @@ use cstor_fs::Digest;
 ///
 /// STORE defaults to the graphroot podman would use. Mount options: allow_other,
 /// allow_root, auto_unmount, storage=DIR, driver=overlay|vfs, uid=N, gid=N,
-/// file_mode=0444, dir_mode=0555, fsname=NAME; generic ones that mount(8) passes
+/// file_mode=0444, dir_mode=0555, fsname=NAME, userns=auto|require|off (a rootless
+/// store is read inside podman's user namespace); generic ones that mount(8) passes
 /// (rw, ro, nodev, nosuid, noauto, nofail, _netdev, x-systemd.*, ...) are accepted.
 /// Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
 #[derive(Parser, Debug)]
@@ -68,6 +69,10 @@ struct StoreArgs {
     /// Storage driver (default: from storage.conf, or probed).
     #[arg(long, value_name = "overlay|vfs")]
     driver: Option<String>,
+    /// Read a rootless store inside its user namespace (as `podman unshare` does):
+    /// auto (for a store this non-root user owns), require, or off.
+    #[arg(long, value_name = "auto|require|off", default_value = "auto")]
+    userns: userns::Policy,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +120,22 @@ fn open_host(storage: Option<PathBuf>, driver: Option<&str>) -> Result<Arc<Host>
     Ok(Arc::new(Host::new(store, DEFAULT_INDEX_BUDGET)?))
 }
 
+/// What `policy` asks for the store at `graphroot`. A missing piece is an error under
+/// `require` and a logged error under `auto` (files the user can read are still served).
+fn userns_plan(policy: userns::Policy, graphroot: &std::path::Path) -> Result<Option<userns::Plan>> {
+    match userns::plan(policy, graphroot) {
+        Ok(p) => Ok(p),
+        Err(e) if policy == userns::Policy::Require => Err(e.into()),
+        Err(e) => {
+            log::error!(
+                "cannot read {} as its user namespace: {e}; files this user cannot read will fail with EIO",
+                graphroot.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser=warn")).init();
     let cli = Cli::parse();
@@ -147,6 +168,7 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
     };
     let host = open_host(storage, options.driver.as_deref())?;
     let fsname = host.store().location().graphroot.display().to_string();
+    let userns = userns_plan(options.userns, &host.store().location().graphroot)?;
     let view = host.view();
     for w in view.snapshot.warnings.iter().chain(&view.registry.warnings) {
         log::warn!("{w}");
@@ -161,6 +183,7 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
         threads: args.threads,
         poll: Duration::from_millis(args.poll_ms.max(10)),
         fsname,
+        userns,
     };
     cstor_fs::fs::run(host, cfg, || {})?;
     Ok(ExitCode::SUCCESS)
@@ -184,7 +207,7 @@ fn serve(
         mount_args: vec![
             loc.graphroot.to_string_lossy().to_string(),
             "-o".into(),
-            format!("driver={}", loc.driver.name()),
+            format!("driver={},userns={}", loc.driver.name(), store.userns.name()),
         ],
         listen,
         server: match server {
@@ -216,6 +239,19 @@ fn serve(
 
 fn checked_host(store: &StoreArgs) -> Result<Arc<Host>> {
     let host = open_host(store.storage.clone(), store.driver.as_deref())?;
+    // Payloads are read below (verify), so enter the namespace now, still single-threaded.
+    if let Some(plan) = userns_plan(store.userns, &host.store().location().graphroot)? {
+        let error = match plan.enter(None) {
+            Ok(e) => e.error,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = error {
+            if store.userns == userns::Policy::Require {
+                return Err(e.into());
+            }
+            log::error!("{e}: files {} cannot read will fail", plan.user);
+        }
+    }
     // Full checks first, so size mismatches show as exclusions.
     host.check_unchecked();
     host.refresh()?;

@@ -1,5 +1,6 @@
-//! Mounting: the fuser session, daemonizing once the mount is live, the refresh and
-//! layer-check loops, and unmounting on SIGINT/SIGTERM/SIGHUP.
+//! Mounting: the fuser session, daemonizing once the mount is live, entering a rootless
+//! store's user namespace (through [`crate::userns`], before any thread starts), the
+//! refresh and layer-check loops, and unmounting on SIGINT/SIGTERM/SIGHUP.
 
 use std::io;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
 use super::options::MountOptions;
 use super::{CstorFs, Shared};
 use crate::host::Host;
+use crate::userns::{self, Keeper};
 
 /// How a mount runs.
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct MountConfig {
     pub poll: Duration,
     /// Source shown in /proc/mounts (overridden by `-o fsname=`).
     pub fsname: String,
+    /// Enter the store's user namespace once mounted (see [`crate::userns`]).
+    pub userns: Option<userns::Plan>,
 }
 
 /// Why an unprivileged mount may have been refused, when the cause is recognisable.
@@ -42,6 +46,17 @@ fn hint(e: &io::Error) -> &'static str {
 /// Mounts and serves until unmounted or signalled. Without `foreground`, the calling
 /// process exits with status 0 as soon as the mount is live and a child serves it.
 pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0
+        && (cfg.options.allow_other || cfg.options.allow_root)
+        && !fuse_conf_allows_other()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "allow_other and allow_root need `user_allow_other` in /etc/fuse.conf when not mounting as root: \
+             add that line, or mount without them (then only this user, e.g. its own nginx, can read the mount)",
+        ));
+    }
     let signals = block_signals()?;
     let shared = Shared::new(host.clone(), cfg.options.attrs());
     let mut opts = vec![
@@ -71,6 +86,8 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     if !cfg.foreground {
         daemonize()?;
     }
+    // Before any thread starts: a multi-threaded process cannot enter a user namespace.
+    let keeper = enter_userns(&cfg)?.map(Arc::new);
     on_live();
     notify_ready();
     let view = host.view();
@@ -83,6 +100,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     );
     let mut unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
+    let keeper2 = keeper.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let sig = wait_signal(&signals);
         log::info!("signal {sig}: unmounting {}", mountpoint.display());
@@ -92,7 +110,18 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
         // With auto_unmount the unmount is fusermount3's job; do not depend on it.
         std::thread::sleep(Duration::from_millis(100));
         if is_mounted(&mountpoint) {
-            force_unmount(&mountpoint);
+            match &keeper2 {
+                // Inside the user namespace only the keeper (outside it) can unmount.
+                Some(k) => k.unmount(),
+                None => force_unmount(&mountpoint),
+            }
+        }
+        // A copy of the mount in a mount namespace made meanwhile (unshare -m) keeps the
+        // connection open after a lazy unmount here: do not wait for it forever.
+        std::thread::sleep(Duration::from_secs(3));
+        if !is_mounted(&mountpoint) {
+            log::info!("unmounted {}; the connection is still held elsewhere: exiting", mountpoint.display());
+            std::process::exit(0);
         }
     })?;
     let notifier = session.notifier();
@@ -107,7 +136,36 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     })?;
     let r = session.run();
     log::info!("unmounted {}", cfg.mountpoint.display());
+    drop(keeper);
     r
+}
+
+/// Enters the store's user namespace if planned; returns the keeper that unmounts from
+/// outside it. A failure is fatal only under `userns=require`.
+fn enter_userns(cfg: &MountConfig) -> io::Result<Option<Keeper>> {
+    let Some(plan) = &cfg.userns else { return Ok(None) };
+    let required = cfg.options.userns == userns::Policy::Require;
+    let (keeper, error) = match plan.enter(Some(&cfg.mountpoint)) {
+        Ok(e) => (e.keeper, e.error),
+        Err(e) => (None, Some(e)),
+    };
+    match error {
+        None => log::info!(
+            "reading the store inside a user namespace: uid 0 = {} ({}), 1.. = its subordinate ids",
+            plan.user,
+            plan.uid
+        ),
+        Some(e) if required => return Err(io::Error::other(e.to_string())),
+        Some(e) => log::error!("{e}: serving only the files {} can read; others fail with EIO", plan.user),
+    }
+    Ok(keeper)
+}
+
+/// Whether `/etc/fuse.conf` lets non-root users mount with `allow_other`/`allow_root`.
+fn fuse_conf_allows_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .map(|t| t.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
+        .unwrap_or(false)
 }
 
 /// Tells systemd (Type=notify) that the mount is live, if it is listening.

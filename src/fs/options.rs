@@ -17,6 +17,8 @@ pub struct MountOptions {
     pub file_mode: Option<u16>,
     pub dir_mode: Option<u16>,
     pub fsname: Option<String>,
+    /// Whether to read a rootless store inside its user namespace (`userns=`).
+    pub userns: crate::userns::Policy,
 }
 
 /// Options mount(8) and systemd pass that mean nothing to a read-only FUSE daemon.
@@ -83,6 +85,7 @@ impl MountOptions {
                     "file_mode" => o.file_mode = Some(mode(num(8)?, opt)?),
                     "dir_mode" => o.dir_mode = Some(mode(num(8)?, opt)?),
                     "fsname" => o.fsname = Some(need()?.to_string()),
+                    "userns" => o.userns = need()?.parse()?,
                     // subtype is fixed; mount.fuse may pass it.
                     "subtype" => {}
                     k if IGNORED.contains(&k) || k.starts_with("x-") || k.starts_with("comment=") => {}
@@ -128,6 +131,8 @@ mod tests {
         assert_eq!((o.uid, o.gid), (Some(33), Some(33)));
         let o = MountOptions::parse(["file_mode=0440,dir_mode=550,driver=vfs"]).unwrap();
         assert_eq!((o.file_mode, o.dir_mode, o.driver.as_deref()), (Some(0o440), Some(0o550), Some("vfs")));
+        assert_eq!(MountOptions::parse(["userns=off"]).unwrap().userns, crate::userns::Policy::Off);
+        assert!(MountOptions::parse(["userns=maybe"]).is_err());
         assert!(MountOptions::parse(["bogus"]).unwrap_err().contains("bogus"));
         assert!(MountOptions::parse(["uid=x"]).is_err());
         assert!(MountOptions::parse(["storage"]).is_err());

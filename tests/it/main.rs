@@ -1,11 +1,13 @@
 //! Integration tests against real stores made by podman/buildah/skopeo in temp dirs.
 //!
 //! They need root, podman, buildah, skopeo, docker-registry and /dev/fuse (CI has all of
-//! them); a missing tool fails the test rather than skipping it.
+//! them; `rootless` also uidmap and useradd); a missing tool fails the test rather than
+//! skipping it.
 
 mod clients;
 mod common;
 mod hardening;
 mod mount;
+mod rootless;
 mod serve;
 mod store;
