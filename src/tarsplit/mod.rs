@@ -332,7 +332,6 @@ struct Batch {
 struct Parser<R> {
     r: R,
     line: Vec<u8>,
-    scratch: Vec<u8>,
     lineno: u64,
     /// Totals including the unpublished batch.
     size: u64,
@@ -344,17 +343,7 @@ struct Parser<R> {
 
 impl<R: BufRead> Parser<R> {
     fn new(r: R) -> Parser<R> {
-        Parser {
-            r,
-            line: Vec::new(),
-            scratch: Vec::new(),
-            lineno: 0,
-            size: 0,
-            files: 0,
-            names: 0,
-            segs: 0,
-            batch: Batch::default(),
-        }
+        Parser { r, line: Vec::new(), lineno: 0, size: 0, files: 0, names: 0, segs: 0, batch: Batch::default() }
     }
 
     /// Parses until the table covers `until` bytes (then at most a few lines more), or
@@ -453,12 +442,13 @@ impl<R: BufRead> Parser<R> {
         match e.kind {
             2 => {
                 let Some(p) = e.payload.as_deref().filter(|p| !p.is_empty()) else { return Ok(()) };
-                let mut scratch = std::mem::take(&mut self.scratch);
-                scratch.clear();
-                let r = B64.decode_vec(p, &mut scratch).map_err(|e| format!("segment payload: {e}"));
-                let r = r.and_then(|()| self.push_segment(&scratch));
-                self.scratch = scratch;
-                r
+                // Decoded straight onto the batch's segment bytes.
+                let before = self.batch.segs.len();
+                if let Err(e) = B64.decode_vec(p, &mut self.batch.segs) {
+                    self.batch.segs.truncate(before);
+                    return Err(format!("segment payload: {e}"));
+                }
+                self.push_segment(self.batch.segs.len() - before)
             }
             1 => {
                 let size = e.size.unwrap_or(0);
@@ -491,21 +481,22 @@ impl<R: BufRead> Parser<R> {
         }
     }
 
-    fn push_segment(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let start = self.grow(bytes.len() as u64)?;
+    /// Records the `len` segment bytes just appended to the batch.
+    fn push_segment(&mut self, len: usize) -> Result<(), String> {
+        let len = len as u64;
+        let start = self.grow(len)?;
         let arena = self.segs;
-        self.segs += bytes.len() as u64;
-        self.batch.segs.extend_from_slice(bytes);
+        self.segs += len;
         // Adjacent segments are one run of verbatim bytes: keep them as one entry.
         if let Some(last) = self.batch.entries.last_mut() {
             if let Src::Seg { arena: a } = last.src {
                 if a + last.len == arena {
-                    last.len += bytes.len() as u64;
+                    last.len += len;
                     return Ok(());
                 }
             }
         }
-        self.batch.entries.push(Entry { start, len: bytes.len() as u64, src: Src::Seg { arena } });
+        self.batch.entries.push(Entry { start, len, src: Src::Seg { arena } });
         Ok(())
     }
 

@@ -43,14 +43,6 @@ struct Current {
     buf: Vec<u8>,
 }
 
-/// A payload whose content may be served: checked (or being checked) against the index.
-enum Payload {
-    /// Read it from this file.
-    File(File),
-    /// Its content is in the reader's buffer.
-    Buffered,
-}
-
 impl LayerBlob {
     /// Couples `index` with `dirs` (opened now: a layer removed later keeps the
     /// directories it had, and fails only when its files are gone).
@@ -85,10 +77,9 @@ impl LayerBlob {
         io::Error::other(format!("layer {}: {name}: {what}", self.layer))
     }
 
-    /// Opens payload `file`, checking it is a regular file of the recorded size, and
-    /// (once per index) that its content has the recorded CRC-64. A small payload not
-    /// checked yet is read whole into `buf` and checked there.
-    fn open_payload(&self, file: u32, size: u64, buf: &mut Vec<u8>) -> io::Result<Payload> {
+    /// Opens payload `file`, checking it is a regular file of the recorded size.
+    /// Returns it with the recorded CRC-64 and whether its content was checked already.
+    fn open_payload(&self, file: u32, size: u64) -> io::Result<(File, Option<u64>, bool)> {
         let (name, crc, verified) = {
             let t = self.index.table();
             let info = &t.files[file as usize];
@@ -117,17 +108,13 @@ impl LayerBlob {
         if md.size() != size {
             return Err(self.err(file, format_args!("payload is {} bytes, tar-split records {size}", md.size())));
         }
-        if verified {
-            return Ok(Payload::File(f));
-        }
-        let small = size <= SMALL_PAYLOAD;
-        let got = if small {
-            read_whole(&f, size, buf).map_err(|e| self.err(file, e))?;
-            crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, &buf[..size as usize])
-        } else {
-            crc_of(&f, size, buf).map_err(|e| self.err(file, e))?
-        };
-        if let Some(want) = crc {
+        Ok((f, crc, verified))
+    }
+
+    /// Compares a payload's CRC-64 with the recorded one; on a match, marks the file
+    /// checked for every reader of this index.
+    fn check_crc(&self, file: u32, got: u64, want: Option<u64>) -> io::Result<()> {
+        if let Some(want) = want {
             if got != want {
                 return Err(
                     self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}"))
@@ -135,26 +122,25 @@ impl LayerBlob {
             }
         }
         self.index.table().files[file as usize].verified.store(true, Ordering::Release);
-        Ok(if small { Payload::Buffered } else { Payload::File(f) })
+        Ok(())
     }
 }
 
-/// Reads exactly `size` bytes of `f` into the start of `buf` (grown if needed, never
-/// cleared: it is only ever read up to what was just written).
-fn read_whole(f: &File, size: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-    let size = size as usize;
-    if buf.len() < size {
-        buf.resize(size, 0);
-    }
+/// Fills `out` from the start of `f`.
+fn read_exact_at(f: &File, out: &mut [u8]) -> io::Result<()> {
     let mut off = 0;
-    while off < size {
-        let n = f.read_at(&mut buf[off..size], off as u64)?;
+    while off < out.len() {
+        let n = f.read_at(&mut out[off..], off as u64)?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "payload shorter than recorded"));
         }
         off += n;
     }
     Ok(())
+}
+
+fn crc64(data: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, data)
 }
 
 /// CRC-64 of the first `size` bytes of `f`, read through `buf`.
@@ -186,19 +172,42 @@ impl BlobReader {
     }
 
     /// Copies `out.len()` bytes of payload `file` (of `size` bytes) from `within`.
+    /// A payload not checked yet is checked first: a small one by reading it whole
+    /// (straight into `out` when `out` is the whole payload, else into the reader's
+    /// buffer, which then serves the following reads), a large one by a CRC pass.
     fn read_payload(&self, file: u32, size: u64, within: u64, out: &mut [u8]) -> io::Result<()> {
         let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
         if cur.file != Some(file) {
             cur.file = None;
             cur.open = None;
-            match self.blob.open_payload(file, size, &mut cur.buf)? {
-                Payload::File(f) => cur.open = Some(Arc::new(f)),
-                Payload::Buffered => {}
+            let (f, want, verified) = self.blob.open_payload(file, size)?;
+            let blob = &self.blob;
+            if !verified && size <= SMALL_PAYLOAD {
+                if within == 0 && out.len() as u64 == size {
+                    read_exact_at(&f, out).map_err(|e| blob.err(file, e))?;
+                    blob.check_crc(file, crc64(out), want)?;
+                    // Served whole from `out`; the file stays open for any re-read.
+                    cur.open = Some(Arc::new(f));
+                    cur.file = Some(file);
+                    return Ok(());
+                }
+                let n = size as usize;
+                if cur.buf.len() < n {
+                    cur.buf.resize(n, 0);
+                }
+                read_exact_at(&f, &mut cur.buf[..n]).map_err(|e| blob.err(file, e))?;
+                blob.check_crc(file, crc64(&cur.buf[..n]), want)?;
+            } else {
+                if !verified {
+                    let got = crc_of(&f, size, &mut cur.buf).map_err(|e| blob.err(file, e))?;
+                    blob.check_crc(file, got, want)?;
+                }
+                cur.open = Some(Arc::new(f));
             }
             cur.file = Some(file);
         }
         let Some(f) = cur.open.clone() else {
-            // A small payload: its checked content is in the buffer.
+            // A small payload: its checked content is at the start of the buffer.
             let w = within as usize;
             out.copy_from_slice(&cur.buf[w..w + out.len()]);
             return Ok(());

@@ -194,9 +194,14 @@ fn damaged_payloads_are_errors_naming_the_file() {
         assert!(e.contains(name), "{e}");
         e
     };
-    // Same size, different content: CRC catches it.
+    // Same size, different content: CRC catches it, whether the read covers the whole
+    // payload (read straight into the caller's buffer) or part of it (read into the
+    // reader's own buffer first).
     std::fs::write(diff.join("etc/hostname"), b"BOX\n").unwrap();
     assert!(read_err("etc/hostname").contains("CRC"));
+    let mut two = [0u8; 2];
+    let e = reader(&fx).read_at(offset_of("etc/hostname") + 1, &mut two).unwrap_err().to_string();
+    assert!(e.contains("CRC") && e.contains("etc/hostname"), "{e}");
     // Shorter.
     std::fs::write(diff.join("etc/hostname"), b"bo").unwrap();
     assert!(read_err("etc/hostname").contains("bytes"));
