@@ -46,17 +46,31 @@ pub enum Error {
 
 #[derive(Debug, Clone, Copy)]
 enum Src {
-    /// `len` bytes of the segment arena from this offset.
+    /// Bytes of the segment arena from this offset.
     Seg { arena: u64 },
     /// The payload of file number `file`.
     File { file: u32 },
 }
 
+/// One run of verbatim segment bytes or one payload, from `start` to the next entry's
+/// start (or the end of the table). 16 bytes: a layer has two per file.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     start: u64,
-    len: u64,
-    src: Src,
+    /// [`Entry::FILE`] | file number, or the segment arena offset.
+    what: u64,
+}
+
+impl Entry {
+    const FILE: u64 = 1 << 63;
+
+    fn src(&self) -> Src {
+        if self.what & Entry::FILE != 0 {
+            Src::File { file: self.what as u32 }
+        } else {
+            Src::Seg { arena: self.what }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -87,6 +101,11 @@ impl Table {
     /// Index of the entry holding byte `offset` (which must be < size).
     fn entry_at(&self, offset: u64) -> usize {
         self.entries.partition_point(|e| e.start <= offset) - 1
+    }
+
+    /// Length of entry `i`.
+    fn entry_len(&self, i: usize) -> u64 {
+        self.entries.get(i + 1).map_or(self.size, |n| n.start) - self.entries[i].start
     }
 }
 
@@ -338,12 +357,24 @@ struct Parser<R> {
     files: u32,
     names: u64,
     segs: u64,
+    /// Whether the last entry produced is a segment run.
+    in_segment: bool,
     batch: Batch,
 }
 
 impl<R: BufRead> Parser<R> {
     fn new(r: R) -> Parser<R> {
-        Parser { r, line: Vec::new(), lineno: 0, size: 0, files: 0, names: 0, segs: 0, batch: Batch::default() }
+        Parser {
+            r,
+            line: Vec::new(),
+            lineno: 0,
+            size: 0,
+            files: 0,
+            names: 0,
+            segs: 0,
+            in_segment: false,
+            batch: Batch::default(),
+        }
     }
 
     /// Parses until the table covers `until` bytes (then at most a few lines more), or
@@ -381,17 +412,7 @@ impl<R: BufRead> Parser<R> {
     fn publish(&mut self, ix: &Index) {
         let b = &mut self.batch;
         let mut t = ix.table.write().unwrap_or_else(|p| p.into_inner());
-        let mut entries = b.entries.drain(..);
-        // A run of segments continuing the table's last one extends it.
-        if let (Some(first), Some(last)) = (entries.as_slice().first().copied(), t.entries.last_mut()) {
-            if let (Src::Seg { arena: a }, Src::Seg { arena: b }) = (last.src, first.src) {
-                if a + last.len == b {
-                    last.len += first.len;
-                    entries.next();
-                }
-            }
-        }
-        t.entries.extend(entries);
+        t.entries.append(&mut b.entries);
         t.files.append(&mut b.files);
         t.names.extend_from_slice(&b.names);
         b.names.clear();
@@ -487,16 +508,15 @@ impl<R: BufRead> Parser<R> {
         let start = self.grow(len)?;
         let arena = self.segs;
         self.segs += len;
-        // Adjacent segments are one run of verbatim bytes: keep them as one entry.
-        if let Some(last) = self.batch.entries.last_mut() {
-            if let Src::Seg { arena: a } = last.src {
-                if a + last.len == arena {
-                    last.len += len;
-                    return Ok(());
-                }
+        // Adjacent segments are one run of verbatim bytes (contiguous in the arena too):
+        // the entry before already covers this one.
+        if !self.in_segment {
+            if arena >= Entry::FILE {
+                return Err("layer too large".into());
             }
+            self.batch.entries.push(Entry { start, what: arena });
+            self.in_segment = true;
         }
-        self.batch.entries.push(Entry { start, len, src: Src::Seg { arena } });
         Ok(())
     }
 
@@ -510,7 +530,8 @@ impl<R: BufRead> Parser<R> {
         self.names += u64::from(len);
         self.batch.names.extend_from_slice(path);
         self.batch.files.push(FileInfo { name: (off, len), crc, verified: AtomicBool::new(false) });
-        self.batch.entries.push(Entry { start, len: size, src: Src::File { file } });
+        self.batch.entries.push(Entry { start, what: Entry::FILE | u64::from(file) });
+        self.in_segment = false;
         Ok(())
     }
 }

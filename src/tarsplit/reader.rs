@@ -242,17 +242,18 @@ impl BlobReader {
             let pos = offset + done as u64;
             let t = ix.table();
             let Some(&e) = t.entries.get(i) else { break };
+            let len = t.entry_len(i);
             let within = pos - e.start;
-            let n = ((e.len - within) as usize).min(buf.len() - done);
+            let n = ((len - within) as usize).min(buf.len() - done);
             let out = &mut buf[done..done + n];
-            match e.src {
+            match e.src() {
                 Src::Seg { arena } => {
                     let mut cache = self.chunk.lock().unwrap_or_else(|p| p.into_inner());
                     t.segs.read(arena + within, out, &mut cache);
                 }
                 Src::File { file } => {
                     drop(t);
-                    self.read_payload(file, e.len, within, out)?;
+                    self.read_payload(file, len, within, out)?;
                 }
             }
             done += n;

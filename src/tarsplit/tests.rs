@@ -185,7 +185,7 @@ fn damaged_payloads_are_errors_naming_the_file() {
         let ix = Index::parse(io::Cursor::new(fx.tar_split.clone()), None).unwrap();
         let t = ix.table();
         let f = (0..t.files.len() as u32).find(|&f| t.name(f) == name.as_bytes()).unwrap();
-        t.entries.iter().find(|e| matches!(e.src, Src::File { file } if file == f)).unwrap().start
+        t.entries.iter().find(|e| matches!(e.src(), Src::File { file } if file == f)).unwrap().start
     };
     let read_err = |name: &str| {
         let r = reader(&fx);
