@@ -7,7 +7,7 @@
 # Needs root, /dev/fuse, cargo, podman, skopeo, nginx, docker-registry, curl, jq, openssl,
 # python3 (and perf for the profile; skipped if missing). Loopback only, no network.
 #
-# What it does (all under $BENCH_ROOT, default /tmp/cstor-bench, which must not exist or
+# What it does (all under $BENCH_ROOT, default /var/tmp/cstor-bench, which must not exist or
 # must be a previous run's directory):
 #   1. builds a private containers-storage store (overlay) with
 #      - localhost/bench/big:1    one layer made of files picked from /usr: every small file
@@ -32,7 +32,8 @@
 # Everything runs in a private mount namespace (tests/fixtures/isolate.sh): podman/skopeo
 # get a private configuration, the machine's own store is never touched, and every mount,
 # server and store this script creates is removed on exit, also on failure or Ctrl-C.
-# Environment: BENCH_ROOT (default /tmp/cstor-bench; keep it short, podman refuses long
+# Environment: BENCH_ROOT (default /var/tmp/cstor-bench, off /tmp, which test runs and
+# tmp cleaners may empty; keep it short, podman refuses long
 # runroots), BENCH_PORT (first of 4 ports, default 18500), KEEP=1 keeps BENCH_ROOT.
 set -euo pipefail
 
@@ -60,9 +61,9 @@ for t in podman skopeo nginx docker-registry curl jq openssl python3 fusermount3
   command -v $t >/dev/null || die "missing $t"
 done
 
-ROOT=${BENCH_ROOT:-/tmp/cstor-bench}
+ROOT=${BENCH_ROOT:-/var/tmp/cstor-bench}
 PORT0=${BENCH_PORT:-18500}
-case $ROOT in /|/tmp|/var/lib/containers*|/run/containers*) die "refusing BENCH_ROOT=$ROOT" ;; esac
+case $ROOT in /|/tmp|/var/tmp|/var/lib/containers*|/run/containers*) die "refusing BENCH_ROOT=$ROOT" ;; esac
 if [ -e "$ROOT" ]; then
   [ -e "$ROOT/.cstor-bench" ] || die "$ROOT exists and is not a bench directory"
   awk -v d="$ROOT" 'index($5, d "/") == 1 {exit 1}' /proc/self/mountinfo || die "$ROOT has mounts: is a bench running?"
@@ -240,7 +241,9 @@ mkdir -p "$MNT"
 chmod 755 "$ROOT" "$W"
 DAEMON=""
 mount_fs() { # mounts $S on $MNT; sets DAEMON
-  "$BIN" -f "$S" "$MNT" -o allow_other 2>>"$W/cstor-fs.log" &
+  # stderr through a pipe: the daemon's own storage writes (/proc/PID/io write_bytes) then
+  # exclude its log lines, so the disk figure shows what serving writes.
+  "$BIN" -f "$S" "$MNT" -o allow_other 2> >(cat >>"$W/cstor-fs.log") &
   DAEMON=$!
   PIDS+=("$DAEMON")
   local i
@@ -306,6 +309,9 @@ get() {
 }
 mbps() { awk -v b="$1" -v t="$2" 'BEGIN{printf "%.1f", b/t/1048576}'; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; } # KiB
+wbytes() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; } # bytes the process caused to be written to storage
+cpu_s() { local t=0 p; for p in "$@"; do t=$(awk -v t="$t" '{printf "%.2f", t + ($14 + $15) / 100}' "/proc/$p/stat" 2>/dev/null || echo "$t"); done; echo "$t"; }
+nginx_cpu() { cpu_s "${NGINX[$1]}" $(pgrep -P "${NGINX[$1]}"); } # master + workers, user + system seconds
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # --- 1-3: download, TTFB, RSS, disk -------------------------------------------------------
@@ -314,13 +320,18 @@ cat "$PLAIN/v2/localhost/bench/big/blobs/$BIG" >/dev/null
 get "$URL_PLAIN/big/blobs/$BIG" "$BIG_SIZE" >/dev/null # warm up nginx and the page cache
 for i in $(seq 1 "$REPS"); do
   record load_1 "$(load)"
+  n0=$(nginx_cpu plain)
   r=$(get "$URL_PLAIN/big/blobs/$BIG" "$BIG_SIZE"); read -r ttfb total <<<"$r"
+  record plain_cpu_nginx "$(awk -v a="$n0" -v b="$(nginx_cpu plain)" 'BEGIN{printf "%.2f", b-a}')"
   record plain_mbps "$(mbps "$BIG_SIZE" "$total")"; record plain_ttfb_ms "$(fmt "$(awk -v t="$ttfb" 'BEGIN{print t*1000}')" 2)"
   # cold: fresh mount, index not built, FUSE page cache empty
   used0=$(df -B1 --output=used "$ROOT" | tail -1); du0=$(du -sb --exclude=mnt --exclude='*.log' --exclude=results.txt "$ROOT" | cut -f1)
   mount_fs
-  rss0=$(rss "$DAEMON")
+  rss0=$(rss "$DAEMON") wb0=$(wbytes "$DAEMON") c0=$(cpu_s "$DAEMON") n0=$(nginx_cpu fs)
   r=$(get "$URL_FS/big/blobs/$BIG" "$BIG_SIZE"); read -r ttfb total <<<"$r"
+  record cold_cpu_daemon "$(awk -v a="$c0" -v b="$(cpu_s "$DAEMON")" 'BEGIN{printf "%.2f", b-a}')"
+  record cold_cpu_nginx "$(awk -v a="$n0" -v b="$(nginx_cpu fs)" 'BEGIN{printf "%.2f", b-a}')"
+  record disk_write_bytes "$(( $(wbytes "$DAEMON") - wb0 ))"
   record cold_mbps "$(mbps "$BIG_SIZE" "$total")"; record cold_ttfb_ms "$(awk -v t="$ttfb" 'BEGIN{printf "%.2f", t*1000}')"
   record cold_hwm_mib "$(awk -v k="$(hwm "$DAEMON")" 'BEGIN{printf "%.1f", k/1024}')"
   record idle_rss_mib "$(awk -v k="$rss0" 'BEGIN{printf "%.1f", k/1024}')"
@@ -466,6 +477,15 @@ for client in skopeo podman; do
     p=$(pull $client "127.0.0.1:$P_OCI" "localhost/bench/big")
     record "e2e_oci_$client" "$(since "$t0")"; record "e2e_oci_pullonly_$client" "$p"
     stop_nginx oci
+    # The client's own floor: the same uncompressed layer copied from the local OCI
+    # layout, no HTTP at all (podman still unpacks it into its store).
+    clean_client cl; rm -rf "$W/out"
+    t0=$(now)
+    case $client in
+      skopeo) q "${SK[@]}" copy -q "oci:$W/oci:1" "dir:$W/out" ;;
+      podman) q PC cl pull -q "oci:$W/oci:1" ;;
+    esac
+    record "e2e_floor_$client" "$(since "$t0")"
   done
   clean_client cl
 done
@@ -513,7 +533,7 @@ cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
   echo "# cstor-fs benchmarks"
   echo
   echo "Generated by \`benches/bench.sh\` ($mode mode) on $(date -u +%Y-%m-%d) in $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
-  echo "Reproduce: \`$cmd\` (from the repository root; builds its own private store under /tmp/cstor-bench)."
+  echo "Reproduce: \`$cmd\` (from the repository root; builds its own private store under \$BENCH_ROOT, default /var/tmp/cstor-bench)."
   echo
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")."
   echo "Versions: cstor-fs $(cd "$repo" && git describe --always --dirty 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's|nginx version: ||'), $(podman --version), $(skopeo --version | cut -d' ' -f1,3), docker-registry $(docker-registry --version 2>&1 | awk '{print $3}'), $(curl --version | head -1 | cut -d' ' -f1,2)."
@@ -531,6 +551,7 @@ cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
   echo "| 2 | time to first byte, warm layer (ms) | $(med warm_ttfb_ms) | $(med plain_ttfb_ms) | | <= 5 ms | $(goal "$(med warm_ttfb_ms)" "<=" 5) |"
   echo "| 3 | peak RSS of the mount daemon streaming the big layer (MiB, VmHWM) | $(med cold_hwm_mib) | | | <= 64 MiB | $(goal "$(med cold_hwm_mib)" "<=" 64) |"
   echo "| 3 | extra disk used by streaming it (bytes, du of the store, runroot and bench files other than logs) | $(med disk_du_bytes) | | | 0 | $(goal "$(med disk_du_bytes)" "<=" 0) |"
+  echo "| 3 | bytes the daemon wrote to storage while streaming it (/proc/PID/io write_bytes) | $(med disk_write_bytes) | | | 0 | $(goal "$(med disk_write_bytes)" "<=" 0) |"
   for client in skopeo podman; do
     bo=$(best_other $client); fsv=$(med "e2e_fs_$client"); r=$(ratio "$bo" "$fsv")
     echo "| 4 | end to end, store -> \`$client\` pull of big (s) | $fsv | $bo (best other) | ${r}x faster | >= 3x | $(goal "$r" ">=" 3) |"
@@ -543,7 +564,7 @@ cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
   bad=0; for n in $CONC; do bad=$((bad + $(med "conc_bad_$n"))); done
   echo "| 5 | downloads whose sha256 differed (1+8+32 verified downloads) | $bad | | | 0 | $(goal "$bad" "<=" 0) |"
   echo
-  echo "Raw: plain $(raw plain_mbps); cold $(raw cold_mbps); warm $(raw warm_mbps) MiB/s. TTFB cold $(raw cold_ttfb_ms), warm $(raw warm_ttfb_ms), plain $(raw plain_ttfb_ms) ms. VmHWM cold $(raw cold_hwm_mib), after the repeat read $(raw warm_hwm_mib) MiB; idle RSS right after mount $(raw idle_rss_mib) MiB. Disk: du delta $(raw disk_du_bytes) bytes; \`df\` used delta $(raw disk_df_mib) MiB (df sees other jobs writing to the same disk). Load: $(raw load_1)."
+  echo "Raw: plain $(raw plain_mbps); cold $(raw cold_mbps); warm $(raw warm_mbps) MiB/s. TTFB cold $(raw cold_ttfb_ms), warm $(raw warm_ttfb_ms), plain $(raw plain_ttfb_ms) ms. VmHWM cold $(raw cold_hwm_mib), after the repeat read $(raw warm_hwm_mib) MiB; idle RSS right after mount $(raw idle_rss_mib) MiB. Disk: du delta $(raw disk_du_bytes) bytes, daemon write_bytes $(raw disk_write_bytes); \`df\` used delta $(raw disk_df_mib) MiB (df sees other jobs writing to the same disk). Load: $(raw load_1). CPU seconds (user + system) per download of the big blob: cstor-fs daemon, first read $(raw cold_cpu_daemon); its nginx $(raw cold_cpu_nginx); nginx serving the plain file $(raw plain_cpu_nginx)."
   echo
   echo "## End to end: image in the store -> pulled by a client (seconds)"
   echo
@@ -553,6 +574,7 @@ cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
   echo "|---|---|---|---|---|"
   echo "| cstor-fs + nginx (mount + start + pull) | $(med e2e_fs_skopeo) | $(med e2e_fs_pullonly_skopeo) | $(med e2e_fs_podman) | $(med e2e_fs_pullonly_podman) |"
   echo "| OCI export + nginx | $(med e2e_oci_skopeo) | $(med e2e_oci_pullonly_skopeo) | $(med e2e_oci_podman) | $(med e2e_oci_pullonly_podman) |"
+  echo "| floor: copy from the local OCI layout, no HTTP (\`oci:\` source) | | $(med e2e_floor_skopeo) | | $(med e2e_floor_podman) |"
   for f in $REG_FORMATS; do
     echo "| podman push ($f) to docker-registry + pull (push $(med reg_push_$f) s) | $(med e2e_reg_${f}_skopeo) | $(med e2e_reg_${f}_pullonly_skopeo) | $(med e2e_reg_${f}_podman) | $(med e2e_reg_${f}_pullonly_podman) |"
   done

@@ -112,7 +112,7 @@ impl Host {
         };
         // Through the cache: the first open of the layer then reuses this parse.
         let path = self.store.layer_files(id).tar_split;
-        let result = self.cache.get(id, &path, layer.diff_size).map(|ix| ix.size()).map_err(|e| e.to_string());
+        let result = self.cache.get(id, &path, layer.diff_size).and_then(|ix| ix.complete()).map_err(|e| e.to_string());
         self.record_check(id, result.clone());
         result
     }

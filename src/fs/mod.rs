@@ -51,6 +51,11 @@ impl Default for Attrs {
     }
 }
 
+thread_local! {
+    /// Each FUSE thread's buffer for layer reads.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 enum Handle {
     Bytes(Arc<[u8]>),
     Layer { reader: BlobReader, path: String },
@@ -262,16 +267,19 @@ impl Filesystem for CstorFs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 reply.data(&b[start..end]);
             }
-            Some(Handle::Layer { reader, path }) => {
-                let mut buf = vec![0u8; size as usize];
-                match reader.read_at(offset, &mut buf) {
+            Some(Handle::Layer { reader, path }) => READ_BUF.with_borrow_mut(|buf| {
+                // Reused per thread, never cleared: only the bytes just read are sent.
+                if buf.len() < size as usize {
+                    buf.resize(size as usize, 0);
+                }
+                match reader.read_at(offset, &mut buf[..size as usize]) {
                     Ok(n) => reply.data(&buf[..n]),
                     Err(e) => {
                         log::error!("{path}: read at {offset}: {e}");
                         reply.error(Errno::EIO);
                     }
                 }
-            }
+            }),
         }
     }
 

@@ -48,11 +48,12 @@ impl IndexCache {
             slot.cell.clone()
         };
         let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ix) = guard.as_ref() {
+        if let Some(ix) = guard.as_ref().filter(|ix| !ix.failed()) {
             return Ok(ix.clone());
         }
+        // Parsed on demand by its readers (and in full by the layer check).
         let f = crate::confine::open_regular(tar_split)?;
-        let ix = Arc::new(Index::parse_gz(std::io::BufReader::new(f), expected_size)?);
+        let ix = Arc::new(Index::open_gz(f, expected_size));
         *guard = Some(ix.clone());
         drop(guard);
         self.evict();

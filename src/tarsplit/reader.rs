@@ -8,8 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::segs::ChunkCache;
-use super::{confine, Index, Src, CRC64};
+use super::{confine, Index, Src};
 use crate::Id;
+
+/// Payloads up to this size are read once, into the reader's buffer, CRC-checked
+/// there and served from it (instead of a CRC pass and then the reads).
+pub(crate) const SMALL_PAYLOAD: u64 = 256 << 10;
 
 /// A layer's index plus the directories its payloads are read from.
 #[derive(Debug)]
@@ -20,13 +24,23 @@ pub struct LayerBlob {
     dirs: Vec<OwnedFd>,
 }
 
-/// One reader's state over a [`LayerBlob`]: the last payload file it opened, so a
-/// sequential stream does not reopen a file per read.
+/// One reader's state over a [`LayerBlob`]: the last payload it opened (a file, or
+/// the content of a small one), so a sequential stream does not reopen a file per read.
 #[derive(Debug)]
 pub struct BlobReader {
     blob: Arc<LayerBlob>,
-    cur: Mutex<Option<(u32, Arc<File>)>>,
+    cur: Mutex<Current>,
     chunk: Mutex<ChunkCache>,
+}
+
+#[derive(Debug, Default)]
+struct Current {
+    /// The payload `file` is held, as `Open` or in `buf`.
+    file: Option<u32>,
+    open: Option<Arc<File>>,
+    /// A small payload's content at its start (when `open` is `None`), else scratch
+    /// for CRC passes.
+    buf: Vec<u8>,
 }
 
 impl LayerBlob {
@@ -47,7 +61,7 @@ impl LayerBlob {
     }
 
     pub fn size(&self) -> u64 {
-        self.index.size
+        self.index.size()
     }
 
     pub fn layer(&self) -> &Id {
@@ -59,17 +73,23 @@ impl LayerBlob {
     }
 
     fn err(&self, file: u32, what: impl std::fmt::Display) -> io::Error {
-        io::Error::other(format!("layer {}: {}: {what}", self.layer, String::from_utf8_lossy(self.index.name(file))))
+        let name = String::from_utf8_lossy(self.index.table().name(file)).into_owned();
+        io::Error::other(format!("layer {}: {name}: {what}", self.layer))
     }
 
-    /// Opens payload `file`, checking it is a regular file of the recorded size, and
-    /// that its content has the recorded CRC-64 (again whenever the file changed since).
-    fn open_payload(&self, file: u32, size: u64) -> io::Result<File> {
-        let name = self.index.name(file);
+    /// Opens payload `file`, checking it is a regular file of the recorded size.
+    /// Returns it with the recorded CRC-64, its [`super::stamp`], and whether this very
+    /// file (same identity, unchanged since) was checked already.
+    fn open_payload(&self, file: u32, size: u64) -> io::Result<(File, Option<u64>, u64, bool)> {
+        let (name, crc, verified) = {
+            let t = self.index.table();
+            let info = &t.files[file as usize];
+            (t.name(file).to_vec(), info.crc, info.verified.load(Ordering::Acquire))
+        };
         let mut last = None;
         let mut found = None;
         for dir in &self.dirs {
-            match confine::open_beneath(dir, name) {
+            match confine::open_beneath(dir, &name) {
                 Ok(f) => {
                     found = Some(f);
                     break;
@@ -89,26 +109,48 @@ impl LayerBlob {
         if md.size() != size {
             return Err(self.err(file, format_args!("payload is {} bytes, tar-split records {size}", md.size())));
         }
-        let info = &self.index.files[file as usize];
         let stamp = super::stamp(&md);
-        if info.verified.load(Ordering::Acquire) != stamp {
-            if let Some(want) = info.crc {
-                let got = crc_of(&f, size).map_err(|e| self.err(file, e))?;
-                if got != want {
-                    return Err(
-                        self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}"))
-                    );
-                }
+        Ok((f, crc, stamp, verified == stamp))
+    }
+
+    /// Compares a payload's CRC-64 with the recorded one; on a match, marks the file
+    /// (as identified by `stamp`) checked for every reader of this index.
+    fn check_crc(&self, file: u32, got: u64, want: Option<u64>, stamp: u64) -> io::Result<()> {
+        if let Some(want) = want {
+            if got != want {
+                return Err(
+                    self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}"))
+                );
             }
-            info.verified.store(stamp, Ordering::Release);
         }
-        Ok(f)
+        self.index.table().files[file as usize].verified.store(stamp, Ordering::Release);
+        Ok(())
     }
 }
 
-fn crc_of(f: &File, size: u64) -> io::Result<u64> {
-    let mut digest = CRC64.digest();
-    let mut buf = vec![0u8; (256 << 10).min(size as usize).max(1)];
+/// Fills `out` from the start of `f`.
+fn read_exact_at(f: &File, out: &mut [u8]) -> io::Result<()> {
+    let mut off = 0;
+    while off < out.len() {
+        let n = f.read_at(&mut out[off..], off as u64)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "payload shorter than recorded"));
+        }
+        off += n;
+    }
+    Ok(())
+}
+
+fn crc64(data: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, data)
+}
+
+/// CRC-64 of the first `size` bytes of `f`, read through `buf`.
+fn crc_of(f: &File, size: u64, buf: &mut Vec<u8>) -> io::Result<u64> {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
+    if buf.len() < (256 << 10) {
+        buf.resize(256 << 10, 0);
+    }
     let mut off = 0u64;
     while off < size {
         let want = buf.len().min((size - off) as usize);
@@ -124,56 +166,96 @@ fn crc_of(f: &File, size: u64) -> io::Result<u64> {
 
 impl BlobReader {
     pub fn new(blob: Arc<LayerBlob>) -> BlobReader {
-        BlobReader { blob, cur: Mutex::new(None), chunk: Mutex::default() }
+        BlobReader { blob, cur: Mutex::default(), chunk: Mutex::default() }
     }
 
     pub fn blob(&self) -> &Arc<LayerBlob> {
         &self.blob
     }
 
-    fn payload(&self, file: u32, size: u64) -> io::Result<Arc<File>> {
+    /// Copies `out.len()` bytes of payload `file` (of `size` bytes) from `within`.
+    /// A payload not checked yet is checked first: a small one by reading it whole
+    /// (straight into `out` when `out` is the whole payload, else into the reader's
+    /// buffer, which then serves the following reads), a large one by a CRC pass.
+    fn read_payload(&self, file: u32, size: u64, within: u64, out: &mut [u8]) -> io::Result<()> {
         let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((n, f)) = cur.as_ref() {
-            if *n == file {
-                return Ok(f.clone());
+        if cur.file != Some(file) {
+            cur.file = None;
+            cur.open = None;
+            let (f, want, stamp, verified) = self.blob.open_payload(file, size)?;
+            let blob = &self.blob;
+            if !verified && size <= SMALL_PAYLOAD {
+                if within == 0 && out.len() as u64 == size {
+                    read_exact_at(&f, out).map_err(|e| blob.err(file, e))?;
+                    blob.check_crc(file, crc64(out), want, stamp)?;
+                    // Served whole from `out`; the file stays open for any re-read.
+                    cur.open = Some(Arc::new(f));
+                    cur.file = Some(file);
+                    return Ok(());
+                }
+                let n = size as usize;
+                if cur.buf.len() < n {
+                    cur.buf.resize(n, 0);
+                }
+                read_exact_at(&f, &mut cur.buf[..n]).map_err(|e| blob.err(file, e))?;
+                blob.check_crc(file, crc64(&cur.buf[..n]), want, stamp)?;
+            } else {
+                if !verified {
+                    let got = crc_of(&f, size, &mut cur.buf).map_err(|e| blob.err(file, e))?;
+                    blob.check_crc(file, got, want, stamp)?;
+                }
+                cur.open = Some(Arc::new(f));
             }
+            cur.file = Some(file);
         }
-        let f = Arc::new(self.blob.open_payload(file, size)?);
-        *cur = Some((file, f.clone()));
-        Ok(f)
+        let Some(f) = cur.open.clone() else {
+            // A small payload: its checked content is at the start of the buffer.
+            let w = within as usize;
+            out.copy_from_slice(&cur.buf[w..w + out.len()]);
+            return Ok(());
+        };
+        drop(cur);
+        let mut got = 0;
+        while got < out.len() {
+            let r = f.read_at(&mut out[got..], within + got as u64).map_err(|err| self.blob.err(file, err))?;
+            if r == 0 {
+                return Err(self.blob.err(file, "payload file shrank while reading"));
+            }
+            got += r;
+        }
+        Ok(())
     }
 
     /// Fills `buf` with the tar bytes at `offset`; returns fewer bytes only at the end
-    /// of the blob. Errors name the layer and the file that could not be read.
+    /// of the blob. Errors name the layer and the file that could not be read. Waits
+    /// for the index to cover the range if it is still being built.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let ix = &*self.blob.index;
-        if offset >= ix.size || buf.is_empty() {
+        let size = ix.size();
+        if offset >= size || buf.is_empty() {
             return Ok(0);
         }
+        let end = offset.saturating_add(buf.len() as u64).min(size);
+        ix.ensure(end).map_err(|e| io::Error::other(format!("layer {}: {e}", self.blob.layer)))?;
+        let buf = &mut buf[..(end - offset) as usize];
         let mut done = 0usize;
-        let mut i = ix.entry_at(offset);
-        while done < buf.len() && i < ix.entries.len() {
-            let e = ix.entries[i];
+        let mut i = ix.table().entry_at(offset);
+        while done < buf.len() {
             let pos = offset + done as u64;
+            let t = ix.table();
+            let Some(&e) = t.entries.get(i) else { break };
+            let len = t.entry_len(i);
             let within = pos - e.start;
-            let n = ((e.len - within) as usize).min(buf.len() - done);
+            let n = ((len - within) as usize).min(buf.len() - done);
             let out = &mut buf[done..done + n];
-            match e.src {
+            match e.src() {
                 Src::Seg { arena } => {
                     let mut cache = self.chunk.lock().unwrap_or_else(|p| p.into_inner());
-                    ix.segs.read(arena + within, out, &mut cache);
+                    t.segs.read(arena + within, out, &mut cache);
                 }
                 Src::File { file } => {
-                    let f = self.payload(file, e.len)?;
-                    let mut got = 0;
-                    while got < n {
-                        let r =
-                            f.read_at(&mut out[got..], within + got as u64).map_err(|err| self.blob.err(file, err))?;
-                        if r == 0 {
-                            return Err(self.blob.err(file, "payload file shrank while reading"));
-                        }
-                        got += r;
-                    }
+                    drop(t);
+                    self.read_payload(file, len, within, out)?;
                 }
             }
             done += n;

@@ -11,6 +11,10 @@ use super::*;
 use crate::Id;
 use std::os::unix::ffi::OsStrExt;
 
+/// CRC-64 as tar-split computes it (Go `hash/crc64` with the ISO table), from the
+/// reference `crc` crate: the fixtures' checksums do not come from the code under test.
+const CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_GO_ISO);
+
 struct Fixture {
     dir: PathBuf,
     tar: Vec<u8>,
@@ -89,7 +93,7 @@ fn fixture(files: &[(&[u8], Vec<u8>)]) -> Fixture {
 }
 
 fn reader(fx: &Fixture) -> BlobReader {
-    let ix = Arc::new(Index::parse(&fx.tar_split[..], Some(fx.tar.len() as u64)).unwrap());
+    let ix = Arc::new(Index::parse(io::Cursor::new(fx.tar_split.clone()), Some(fx.tar.len() as u64)).unwrap());
     BlobReader::new(Arc::new(
         LayerBlob::new("11".repeat(32).parse::<Id>().unwrap(), ix, &[fx.dir.join("diff")]).unwrap(),
     ))
@@ -154,7 +158,8 @@ fn random_reads_equal_tar_slices() {
     }
     // Every entry boundary, +-1.
     let ix = r.blob().index().clone();
-    for e in &ix.entries {
+    let entries = ix.table().entries.clone();
+    for e in &entries {
         for off in [e.start.saturating_sub(1), e.start, e.start + 1] {
             let mut buf = vec![0; 1024];
             let got = r.read_at(off, &mut buf).unwrap();
@@ -168,12 +173,12 @@ fn random_reads_equal_tar_slices() {
 #[test]
 fn size_mismatch_is_refused() {
     let fx = sample();
-    let err = Index::parse(&fx.tar_split[..], Some(fx.tar.len() as u64 + 1)).unwrap_err();
+    let err = Index::parse(io::Cursor::new(fx.tar_split.clone()), Some(fx.tar.len() as u64 + 1)).unwrap_err();
     assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
-    // Smaller than the stream: refused at the line that passes it, not at the end.
-    let err = Index::parse(&fx.tar_split[..], Some(600)).unwrap_err();
+    // Smaller than the stream: refused at the entry that passes it, not at the end.
+    let err = Index::parse(io::Cursor::new(fx.tar_split.clone()), Some(600)).unwrap_err();
     match err {
-        Error::TooLarge { expected: 600, line } => assert!(line < 5, "{line}"),
+        Error::SizeMismatch { expected: 600, actual } => assert!(actual < fx.tar.len() as u64 / 2, "{actual}"),
         e => panic!("{e}"),
     }
 }
@@ -183,9 +188,10 @@ fn damaged_payloads_are_errors_naming_the_file() {
     let fx = sample();
     let diff = fx.dir.join("diff");
     let offset_of = |name: &str| {
-        let ix = Index::parse(&fx.tar_split[..], None).unwrap();
-        let f = (0..ix.files.len() as u32).find(|&f| ix.name(f) == name.as_bytes()).unwrap();
-        ix.entries.iter().find(|e| matches!(e.src, Src::File { file } if file == f)).unwrap().start
+        let ix = Index::parse(io::Cursor::new(fx.tar_split.clone()), None).unwrap();
+        let t = ix.table();
+        let f = (0..t.files.len() as u32).find(|&f| t.name(f) == name.as_bytes()).unwrap();
+        t.entries.iter().find(|e| matches!(e.src(), Src::File { file } if file == f)).unwrap().start
     };
     let read_err = |name: &str| {
         let r = reader(&fx);
@@ -194,9 +200,14 @@ fn damaged_payloads_are_errors_naming_the_file() {
         assert!(e.contains(name), "{e}");
         e
     };
-    // Same size, different content: CRC catches it.
+    // Same size, different content: CRC catches it, whether the read covers the whole
+    // payload (read straight into the caller's buffer) or part of it (read into the
+    // reader's own buffer first).
     std::fs::write(diff.join("etc/hostname"), b"BOX\n").unwrap();
     assert!(read_err("etc/hostname").contains("CRC"));
+    let mut two = [0u8; 2];
+    let e = reader(&fx).read_at(offset_of("etc/hostname") + 1, &mut two).unwrap_err().to_string();
+    assert!(e.contains("CRC") && e.contains("etc/hostname"), "{e}");
     // Shorter.
     std::fs::write(diff.join("etc/hostname"), b"bo").unwrap();
     assert!(read_err("etc/hostname").contains("bytes"));
@@ -273,9 +284,147 @@ fn cache_shares_and_evicts() {
     let i1 = cache.get(&a, &gz, None).unwrap();
     let i2 = cache.get(&a, &gz, None).unwrap();
     assert!(Arc::ptr_eq(&i1, &i2));
-    cache.get(&b, &gz, None).unwrap();
+    // Indexes are parsed on demand; a parsed one counts against the budget.
+    assert_eq!(i1.complete().unwrap(), fx.tar.len() as u64);
+    cache.get(&b, &gz, None).unwrap().complete().unwrap();
     // Over budget: only the newest stays.
     let i3 = cache.get(&a, &gz, None).unwrap();
     assert!(!Arc::ptr_eq(&i1, &i3));
     assert!(cache.get(&a, &fx.dir.join("missing.gz"), None).is_ok(), "cached a");
+}
+
+#[test]
+fn fast_crc_equals_reference() {
+    let data: Vec<u8> = (0..1_100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for len in [0, 1, 7, 8, 15, 16, 63, 64, 65, 255, 256, 4095, 4096, 65_537, 1_100_000] {
+        let d = &data[..len];
+        let want = CRC64.checksum(d);
+        assert_eq!(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, d), want, "len {len}");
+        // In pieces, as crc_of streams a large file.
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso);
+        for piece in d.chunks(1000) {
+            digest.update(piece);
+        }
+        assert_eq!(digest.finalize(), want, "len {len} in pieces");
+    }
+}
+
+/// A fixture of `n` small files (so the tar-split has many lines to parse lazily).
+fn many(n: usize) -> Fixture {
+    let files: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..n).map(|i| (format!("d{}/f{i}", i % 7).into_bytes(), vec![(i % 251) as u8; 1 + (i * 37) % 1500])).collect();
+    let refs: Vec<(&[u8], Vec<u8>)> = files.iter().map(|(n, c)| (&n[..], c.clone())).collect();
+    fixture(&refs)
+}
+
+/// A reader over an index that is parsed only as reads need it.
+fn lazy_reader(fx: &Fixture, expected: Option<u64>, tar_split: Vec<u8>) -> BlobReader {
+    let ix = Index::lazy(Box::new(io::BufReader::new(io::Cursor::new(tar_split))), expected);
+    BlobReader::new(Arc::new(
+        LayerBlob::new("22".repeat(32).parse::<Id>().unwrap(), Arc::new(ix), &[fx.dir.join("diff")]).unwrap(),
+    ))
+}
+
+#[test]
+fn lazy_index_serves_the_start_before_parsing_the_rest() {
+    let fx = many(3000);
+    let len = fx.tar.len() as u64;
+    let r = lazy_reader(&fx, Some(len), fx.tar_split.clone());
+    assert_eq!(r.blob().size(), len, "the recorded size is known before parsing");
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(r.read_at(0, &mut buf).unwrap(), 4096);
+    assert!(buf[..] == fx.tar[..4096]);
+    let parsed = r.blob().index().table().size;
+    assert!(parsed < len / 4, "parsed {parsed} of {len} bytes for the first read");
+    // Reading on parses on; the last byte needs the whole parse.
+    assert!(read_all(&r, 100_000) == fx.tar);
+    assert_eq!(r.blob().index().status.load(Ordering::Acquire), DONE);
+}
+
+#[test]
+fn lazy_reads_at_every_boundary_while_parsing() {
+    let fx = many(400);
+    let len = fx.tar.len();
+    let full = Index::parse(io::Cursor::new(fx.tar_split.clone()), None).unwrap();
+    let bounds: Vec<u64> = full.table().entries.iter().map(|e| e.start).chain([len as u64]).collect();
+    for (k, &b) in bounds.iter().enumerate() {
+        // Each boundary is the first read of a fresh index, and then again mid-parse
+        // on one shared index (the table ending just before, at or after it).
+        let fresh = lazy_reader(&fx, Some(len as u64), fx.tar_split.clone());
+        for off in [b.saturating_sub(1), b, b + 1] {
+            for n in [1usize, 2, 700] {
+                let mut buf = vec![0u8; n];
+                let got = fresh.read_at(off, &mut buf).unwrap();
+                let end = (off as usize + n).min(len);
+                let want = if (off as usize) < len { &fx.tar[off as usize..end] } else { &[][..] };
+                assert!(buf[..got] == *want, "boundary {k}: {off}+{n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn lazy_index_under_concurrent_readers_and_a_full_parse() {
+    let fx = many(3000);
+    let len = fx.tar.len() as u64;
+    let r = Arc::new(lazy_reader(&fx, Some(len), fx.tar_split.clone()));
+    let tar = Arc::new(fx.tar.clone());
+    let mut threads = Vec::new();
+    for t in 0..4u64 {
+        let (r, tar) = (r.clone(), tar.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut s = 0x9e3779b97f4a7c15u64 ^ t;
+            for _ in 0..300 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let off = s % len;
+                let mut buf = vec![0u8; (s % 9000) as usize + 1];
+                let got = r.read_at(off, &mut buf).unwrap();
+                assert!(buf[..got] == tar[off as usize..off as usize + got], "{off}");
+            }
+        }));
+    }
+    let ix = r.blob().index().clone();
+    threads.push(std::thread::spawn(move || assert_eq!(ix.complete().unwrap(), len)));
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn lazy_index_that_disagrees_with_the_recorded_size_fails_every_read() {
+    let fx = many(3000);
+    let len = fx.tar.len() as u64;
+    let mut buf = [0u8; 512];
+    // Recorded larger than the tar-split: found at the end, then nothing is served.
+    let r = lazy_reader(&fx, Some(len + 512), fx.tar_split.clone());
+    assert!(r.read_at(0, &mut buf).is_ok());
+    let e = r.read_at(len, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("diff-size"), "{e}");
+    assert!(r.read_at(0, &mut buf).is_err(), "served after the size check failed");
+    // Recorded smaller: refused as soon as the parse passes it, without parsing on.
+    let r = lazy_reader(&fx, Some(len / 2), fx.tar_split.clone());
+    let e = r.read_at(len / 2 - 1, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("diff-size"), "{e}");
+    assert!(r.blob().index().table().size < len, "parsed past the recorded size");
+    assert!(r.read_at(0, &mut buf).is_err());
+}
+
+#[test]
+fn lazy_index_with_a_bad_line_fails_once_the_parse_reaches_it() {
+    let fx = many(3000);
+    let len = fx.tar.len() as u64;
+    let lines: Vec<&[u8]> = fx.tar_split.split_inclusive(|&b| b == b'\n').collect();
+    let mut ts = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        ts.extend_from_slice(if i == lines.len() / 2 { b"{\"type\":7}\n" } else { l });
+    }
+    let r = lazy_reader(&fx, Some(len), ts);
+    let mut buf = [0u8; 512];
+    assert!(r.read_at(0, &mut buf).is_ok());
+    let e = r.read_at(len - 512, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("unknown entry type 7"), "{e}");
+    assert!(r.read_at(0, &mut buf).is_err(), "served after the parse failed");
+    assert!(r.blob().index().failed());
 }
