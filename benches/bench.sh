@@ -529,6 +529,8 @@ best_other() { # CLIENT -> min seconds over the other methods
 c32=$(ratio "$(med conc_fs_32)" "$(med conc_plain_32)")
 mode=full; [ $QUICK = 1 ] && mode=quick
 cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
+# Before the report is opened for writing (which would make the tree look dirty).
+VERSION=$(cd "$repo" && git describe --always --dirty 2>/dev/null || echo '?')
 {
   echo "# cstor-fs benchmarks"
   echo
@@ -536,7 +538,7 @@ cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
   echo "Reproduce: \`$cmd\` (from the repository root; builds its own private store under \$BENCH_ROOT, default /var/tmp/cstor-bench)."
   echo
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")."
-  echo "Versions: cstor-fs $(cd "$repo" && git describe --always --dirty 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's|nginx version: ||'), $(podman --version), $(skopeo --version | cut -d' ' -f1,3), docker-registry $(docker-registry --version 2>&1 | awk '{print $3}'), $(curl --version | head -1 | cut -d' ' -f1,2)."
+  echo "Versions: cstor-fs $VERSION, $(nginx -v 2>&1 | sed 's|nginx version: ||'), $(podman --version), $(skopeo --version | cut -d' ' -f1,3), docker-registry $(docker-registry --version 2>&1 | awk '{print $3}'), $(curl --version | head -1 | cut -d' ' -f1,2)."
   echo "Load average while measuring (1 min, median of the download runs): $(med load_1); other jobs shared the machine, so absolute numbers are noisy; the ratios compare runs interleaved in the same minute."
   echo
   echo "Images: \`big\`: one layer, $(med files_big) regular files picked from /usr ($(awk -v b="$(med bytes_big)" 'BEGIN{printf "%.0f", b/1048576}') MiB of file data), blob $(awk -v b="$BIG_SIZE" 'BEGIN{printf "%.0f", b/1048576}') MiB; \`small\`: $(med files_small) files, blob $(awk -v b="$SMALL_SIZE" 'BEGIN{printf "%.0f", b/1048576}') MiB. Layer files are in the page cache for every run. Medians of $REPS runs (end to end: $E2E_REPS, docker-registry: $REG_REPS); raw values are listed under each table."
@@ -579,7 +581,7 @@ cmd="sudo benches/bench.sh"; [ $QUICK = 1 ] && cmd="$cmd --quick"
     echo "| podman push ($f) to docker-registry + pull (push $(med reg_push_$f) s) | $(med e2e_reg_${f}_skopeo) | $(med e2e_reg_${f}_pullonly_skopeo) | $(med e2e_reg_${f}_podman) | $(med e2e_reg_${f}_pullonly_podman) |"
   done
   echo
-  echo "Raw: cstor-fs skopeo $(raw e2e_fs_skopeo), podman $(raw e2e_fs_podman); OCI skopeo $(raw e2e_oci_skopeo), podman $(raw e2e_oci_podman); registry gzip push $(raw reg_push_gzip), zstd push $(raw reg_push_zstd)."
+  echo "Raw: cstor-fs skopeo $(raw e2e_fs_skopeo), podman $(raw e2e_fs_podman); OCI skopeo $(raw e2e_oci_skopeo), podman $(raw e2e_oci_podman); floor skopeo $(raw e2e_floor_skopeo), podman $(raw e2e_floor_podman); registry gzip push $(raw reg_push_gzip), zstd push $(raw reg_push_zstd)."
   echo
   echo "## Concurrency (small blob, MiB/s aggregate, warm unless noted)"
   echo
