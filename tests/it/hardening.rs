@@ -320,7 +320,19 @@ fn read_timed(p: &Path, limit: Duration) -> std::io::Result<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let p2 = p.to_path_buf();
     std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read(&p2));
+        // Streamed as HTTP servers read, never sized up front from the file's length
+        // (std::fs::read would try to allocate a damaged blob's declared 2^62 bytes).
+        let stream = || -> std::io::Result<Vec<u8>> {
+            let mut f = File::open(&p2)?;
+            let (mut v, mut chunk) = (Vec::new(), vec![0u8; 1 << 20]);
+            loop {
+                match f.read(&mut chunk)? {
+                    0 => return Ok(v),
+                    n => v.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let _ = tx.send(stream());
     });
     rx.recv_timeout(limit).unwrap_or_else(|_| panic!("reading {} hung for {limit:?}", p.display()))
 }
@@ -649,24 +661,30 @@ fn huge_declared_sizes_are_refused() {
 // Bad input: tar-split
 
 /// Runs `cstor-fs list` and returns (exit code, peak RSS in KiB).
+///
+/// Measured through a small python parent: a child spawned straight from this test
+/// process would report the test process's own peak (the kernel keeps the old mm's
+/// high-water mark across exec, and posix_spawn's child shares our mm until then).
 fn list_peak_rss(storage: &Path) -> (i32, i64) {
-    let child = Command::new(BIN)
+    let script = "import os, sys\n\
+                  pid = os.fork()\n\
+                  if pid == 0:\n    os.execv(sys.argv[1], sys.argv[1:])\n\
+                  _, st, ru = os.wait4(pid, 0)\n\
+                  print(os.waitstatus_to_exitcode(st), ru.ru_maxrss)\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(BIN)
         .arg("list")
         .arg("--storage")
         .arg(storage)
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .output()
         .unwrap();
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; waiting for our own child (std's Child is not waited again).
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid);
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
-    (code, ru.ru_maxrss)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let (code, rss) = last.split_once(' ').unwrap_or_else(|| panic!("no rusage line in {text:?}"));
+    (code.parse().unwrap(), rss.trim().parse().unwrap())
 }
 
 #[test]
