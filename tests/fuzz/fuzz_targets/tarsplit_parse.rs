@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(n as u64, (want as u64).min(size - off), "short read at {off} of {size}");
         }
         off += want as u64;
-        step = step * 3 + 1;
+        step = (step * 3 + 1).min(buf.len());
     }
     if size > 0 {
         for off in [size - 1, size / 2, size.saturating_sub(4096)] {
