@@ -1,13 +1,17 @@
 //! Structured tar-split streams (segments, files with good, wrong or no CRC-64, odd
-//! names, huge sizes) written as JSON lines, indexed, and read back with `read_at`
-//! over a layer directory holding the files. Checked against a model built here:
-//! the index accepts exactly the streams it should, its size is the sum of the
-//! entries, and every successful read returns exactly the model's bytes (a read may
-//! fail only where a payload is missing, of another size, or fails its CRC-64).
+//! names, huge sizes) written as JSON lines, indexed eagerly (`Index::parse`) or lazily
+//! (`Index::open_gz`, reads first, maybe from two threads), and read back with
+//! `read_at` over a layer directory holding the files. Checked against a model built
+//! here: the index accepts exactly the streams it should, with a size that is the sum
+//! of the entries; every successful read returns exactly the model's bytes, never a
+//! byte past what the stream validly describes; a read fails only where a payload is
+//! missing, of another size, or fails its CRC-64, or when the stream is bad; once a
+//! parse failed, every read fails.
 #![no_main]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::{Cursor, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -57,6 +61,8 @@ struct Input {
     step: u16,
     reads: Vec<(u32, u16)>,
     expect: Expect,
+    lazy: bool,
+    threads: bool,
 }
 
 /// The `expected_size` passed to the parser.
@@ -116,22 +122,40 @@ fn name_fields(out: &mut String, n: &[u8]) {
 fuzz_target!(|input: Input| {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut stream = String::new();
+    // The pieces the stream validly describes, up to the first entry it must refuse.
     let mut model: Vec<Piece> = Vec::new();
-    // Some(total) while the model expects the stream to be accepted.
-    let mut total: Option<u128> = Some(0);
+    let mut total: u128 = 0;
+    let mut refused = false;
+    let mut add = |model: &mut Vec<Piece>, p: Option<Piece>, refused: &mut bool| {
+        if *refused {
+            return;
+        }
+        let len = match &p {
+            None => {
+                *refused = true;
+                return;
+            }
+            Some(Piece::Bytes(b)) => b.len() as u128,
+            Some(Piece::File(_, size, _)) => *size as u128,
+        };
+        if total + len > u64::MAX as u128 {
+            *refused = true;
+            return;
+        }
+        total += len;
+        model.extend(p);
+    };
     for (pos, e) in input.ents.iter().enumerate() {
         match e {
             Ent::Seg(b) => {
                 writeln!(stream, r#"{{"type":2,"payload":"{}","position":{pos}}}"#, b64.encode(b)).unwrap();
-                total = total.map(|t| t + b.len() as u128);
-                model.push(Piece::Bytes(b.clone()));
+                add(&mut model, Some(Piece::Bytes(b.clone())), &mut refused);
             }
             Ent::Zeros(n, m) => {
                 let mut b = vec![0u8; *n as usize];
                 b.push(*m);
                 writeln!(stream, r#"{{"type":2,"payload":"{}"}}"#, b64.encode(&b)).unwrap();
-                total = total.map(|t| t + b.len() as u128);
-                model.push(Piece::Bytes(b));
+                add(&mut model, Some(Piece::Bytes(b)), &mut refused);
             }
             Ent::File { name, size, crc } => {
                 let n = name_bytes(name);
@@ -153,14 +177,8 @@ fuzz_target!(|input: Input| {
                 }
                 writeln!(stream, "{line},\"position\":{pos}}}").unwrap();
                 if size > 0 {
-                    match path {
-                        // A payload with no file name is refused.
-                        None => total = None,
-                        Some(p) => {
-                            total = total.map(|t| t + size as u128);
-                            model.push(Piece::File(p, size, good));
-                        }
-                    }
+                    // A payload with no file name is refused.
+                    add(&mut model, path.map(|p| Piece::File(p, size, good)), &mut refused);
                 }
             }
             Ent::Huge { name, size } => {
@@ -168,40 +186,46 @@ fuzz_target!(|input: Input| {
                 let mut line = String::from(r#"{"type":1"#);
                 name_fields(&mut line, &n);
                 writeln!(stream, "{line},\"size\":{size}}}").unwrap();
-                if *size < 0 || (*size > 0 && clean(&n).is_none()) {
-                    total = None;
-                } else if *size > 0 {
-                    total = total.map(|t| t + *size as u128);
+                if *size != 0 {
                     // No CRC-64; created on disk only when small (reading a big one fails).
-                    model.push(Piece::File(clean(&n).unwrap(), *size as u64, false));
+                    let p = u64::try_from(*size).ok().and_then(|s| Some(Piece::File(clean(&n)?, s, false)));
+                    add(&mut model, p, &mut refused);
                 }
             }
             Ent::Blank => stream.push_str("  \n"),
         }
     }
-    let total = total.filter(|&t| t <= u64::MAX as u128).map(|t| t as u64);
-
+    let total = total as u64;
     let expected = match input.expect {
         Expect::Nothing => None,
-        Expect::Right => Some(total.unwrap_or(0)),
+        Expect::Right => Some(total),
         Expect::Other(x) => Some(x),
     };
-    let parsed = Index::parse(stream.as_bytes(), expected);
-    let (size, ix) = match (total, parsed) {
-        (None, Ok(ix)) => panic!("accepted a stream the model refuses (size {})", ix.size()),
-        (None, Err(_)) => return,
-        (Some(t), Err(e)) => {
-            assert!(expected.is_some_and(|x| x != t), "refused a good stream of {t} bytes: {e}");
-            return;
-        }
-        (Some(t), Ok(ix)) => {
-            assert_eq!(ix.size(), t);
-            assert!(expected.is_none_or(|x| x == t));
-            let files = model.iter().filter(|p| matches!(p, Piece::File(..))).count();
-            assert_eq!(ix.file_count(), files);
-            (t, ix)
+    // Whether the whole stream is good and of the recorded size.
+    let good = !refused && expected.is_none_or(|x| x == total);
+
+    let ix = if input.lazy {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(stream.as_bytes()).unwrap();
+        Index::open_gz(Cursor::new(z.finish().unwrap()), expected)
+    } else {
+        match Index::parse(Cursor::new(stream.into_bytes()), expected) {
+            Ok(ix) => {
+                assert!(good, "accepted a stream the model refuses (size {})", ix.size());
+                ix
+            }
+            Err(e) => {
+                assert!(!good, "refused a good stream of {total} bytes: {e}");
+                return;
+            }
         }
     };
+    let size = expected.unwrap_or_else(|| ix.size());
+    if !input.lazy {
+        assert_eq!(ix.size(), total);
+        let files = model.iter().filter(|p| matches!(p, Piece::File(..))).count();
+        assert_eq!(ix.file_count(), files);
+    }
 
     // Lay the files out: the last successful write of a path decides what it holds.
     let dir = fresh_dir("layer");
@@ -237,10 +261,10 @@ fuzz_target!(|input: Input| {
             }
         }
     }
-    assert_eq!(at, size);
+    assert_eq!(at, total);
 
     let blob = Arc::new(LayerBlob::new(id(7), Arc::new(ix), &[dir]).expect("opening the layer dir"));
-    let reader = BlobReader::new(blob.clone());
+    assert_eq!(blob.size(), size);
     let check = |r: &BlobReader, off: u64, len: usize| {
         let mut buf = vec![0u8; len];
         let got = r.read_at(off, &mut buf);
@@ -249,6 +273,7 @@ fuzz_target!(|input: Input| {
         match got {
             Ok(n) => {
                 assert_eq!(n as u64, end.saturating_sub(off), "read of {len} at {off} of {size}");
+                assert!(n == 0 || end <= total, "served {off}..{end}, past the {total} bytes the stream describes");
                 for (s, l, bytes, _) in covered {
                     let bytes = bytes.as_ref().expect("a huge payload cannot have been read");
                     let from = off.max(*s);
@@ -261,23 +286,54 @@ fuzz_target!(|input: Input| {
                 }
             }
             Err(e) => {
-                assert!(covered.iter().any(|c| !c.3), "read of {len} at {off} failed over servable entries: {e}");
+                assert!(
+                    !good || covered.iter().any(|c| !c.3),
+                    "read of {len} at {off} failed over servable entries: {e}"
+                );
             }
         }
     };
+    let reader = BlobReader::new(blob.clone());
+    let other = BlobReader::new(blob.clone());
     // Sequential, in steps of the input's choosing.
-    if size <= 1 << 22 {
-        let step = (input.step as usize).max(1).max((size / 512) as usize + 1);
-        let mut off = 0;
-        while off < size {
-            check(&reader, off, step);
-            off += step as u64;
+    let sequential = || {
+        if size <= 1 << 22 {
+            let step = (input.step as usize).max(1).max((size / 512) as usize + 1);
+            let mut off = 0;
+            while off < size {
+                check(&reader, off, step);
+                off += step as u64;
+            }
         }
+    };
+    // Random reads on a second reader (its own file and chunk caches).
+    let random = || {
+        for &(o, len) in input.reads.iter().take(32) {
+            let off =
+                if size <= u32::MAX as u64 { o as u64 % (size + 2) } else { size - (o as u64 % size.min(1 << 32)) };
+            check(&other, off, len as usize);
+        }
+    };
+    if input.threads {
+        std::thread::scope(|s| {
+            s.spawn(random);
+            sequential();
+        });
+    } else {
+        random();
+        sequential();
     }
-    // Random reads, some on a second reader (own file and chunk caches).
-    let other = BlobReader::new(blob);
-    for (i, &(o, len)) in input.reads.iter().take(32).enumerate() {
-        let off = if size <= u32::MAX as u64 { o as u64 % (size + 2) } else { size - (o as u64 % size.min(1 << 32)) };
-        check(if i % 2 == 0 { &reader } else { &other }, off, len as usize);
+    match blob.index().complete() {
+        Ok(n) => {
+            assert!(good, "completed a stream the model refuses");
+            assert_eq!(n, total);
+        }
+        Err(e) => {
+            assert!(!good, "a good stream failed to complete: {e}");
+            assert!(blob.index().failed());
+            if size > 0 {
+                assert!(reader.read_at(0, &mut [0u8; 1]).is_err(), "a read after the parse failed succeeded");
+            }
+        }
     }
 });
