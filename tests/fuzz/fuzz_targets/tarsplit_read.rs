@@ -316,8 +316,13 @@ fuzz_target!(|input: Input| {
     };
     if input.threads {
         std::thread::scope(|s| {
-            s.spawn(random);
+            let t = s.spawn(random);
             sequential();
+            // Joined (not just awaited by the scope) so the thread has exited, its
+            // thread-locals freed, before LeakSanitizer looks.
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
         });
     } else {
         random();
