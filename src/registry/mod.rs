@@ -3,11 +3,13 @@
 //! [`Registry::build`] translates containers-storage vocabulary (images, layers, big
 //! data) into distribution-spec vocabulary: [`Repo`]s with tags, [`Manifest`]s by
 //! digest with their media type, and [`Blob`]s (config bytes or a layer to rebuild).
-//! Manifests are served verbatim when every layer they name is the layer's
-//! uncompressed digest, otherwise rewritten deterministically ([`manifest`]); lists
-//! are verbatim only when every child is present and verbatim. Images that cannot be
-//! served byte-exact are listed in [`Registry::excluded`] with the reason. This module
-//! does no I/O and knows nothing of FUSE.
+//! Manifests are served verbatim when every blob they name is the config or the
+//! layer's uncompressed digest, with its size; otherwise rewritten deterministically
+//! ([`manifest`]). One digest is one blob of one size: an image whose layer claims
+//! another blob's digest with another size is excluded. Lists are verbatim only when
+//! every child is present and verbatim. Images that cannot be served byte-exact are
+//! listed in [`Registry::excluded`] with the reason. This module does no I/O and knows
+//! nothing of FUSE.
 
 pub mod manifest;
 pub mod reference;
@@ -188,6 +190,24 @@ impl Registry {
         }
         .map_err(|e| format!("image config unreadable: {e}"))?;
         let config_digest = Digest::of(&config);
+        // One digest, one blob: a layer whose recorded diff digest is another blob's
+        // (the config, or a layer of another size) would make a manifest name a size
+        // that is not what is served under the digest.
+        let wanted = std::iter::once((config_digest, config.len() as u64)).chain(chain.iter().map(|&(_, d, s)| (d, s)));
+        let mut sizes: HashMap<Digest, u64> = HashMap::new();
+        for (d, size) in wanted {
+            let known = self.blobs.get(&d).map(|b| b.size).or_else(|| sizes.get(&d).copied());
+            match known {
+                Some(other) if other != size => {
+                    return Err(format!(
+                        "blob {d} would be served as {other} and as {size} bytes (damaged layer metadata)"
+                    ))
+                }
+                _ => {
+                    sizes.insert(d, size);
+                }
+            }
+        }
 
         // The `manifest` key first, then every other stored manifest: a re-pull may
         // have overwritten `manifest` while an earlier, servable one is kept.
@@ -208,11 +228,15 @@ impl Registry {
                 _ => {}
             }
         }
+        // Digests and sizes both: a manifest must describe exactly the blobs served.
+        let same = |d: &manifest::StoredDescriptor, digest: Digest, size: u64| {
+            d.digest.parse() == Ok(digest) && d.size.and_then(|s| u64::try_from(s).ok()) == Some(size)
+        };
         let servable = |s: &Stored| {
             let layers = s.layers.as_deref().unwrap_or_default();
-            s.config.as_ref().is_some_and(|c| c.digest.parse() == Ok(config_digest))
+            s.config.as_ref().is_some_and(|c| same(c, config_digest, config.len() as u64))
                 && layers.len() == chain.len()
-                && layers.iter().zip(&chain).all(|(d, (_, diff, _))| d.digest.parse() == Ok(*diff))
+                && layers.iter().zip(&chain).all(|(d, &(_, diff, size))| same(d, diff, size))
         };
         let verbatim = stored.iter().find_map(|(b, s, k)| match k {
             StoredKind::Image(mt) if servable(s) => Some((b.clone(), *mt)),

@@ -38,9 +38,11 @@ fn snap(images: Vec<Image>, layers: Vec<Layer>) -> Snapshot {
     }
 }
 
-fn oci_manifest(config: &[u8], layer_digests: &[Digest], mt: &str, layer_mt: &str) -> Vec<u8> {
-    let layers: Vec<String> =
-        layer_digests.iter().map(|d| format!(r#"{{"mediaType":"{layer_mt}","digest":"{d}","size":1}}"#)).collect();
+fn oci_manifest(config: &[u8], layer_digests: &[(Digest, u64)], mt: &str, layer_mt: &str) -> Vec<u8> {
+    let layers: Vec<String> = layer_digests
+        .iter()
+        .map(|(d, size)| format!(r#"{{"mediaType":"{layer_mt}","digest":"{d}","size":{size}}}"#))
+        .collect();
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"x","digest":"{}","size":{}}},"layers":[{}]}}"#,
         Digest::of(config),
@@ -53,7 +55,7 @@ fn oci_manifest(config: &[u8], layer_digests: &[Digest], mt: &str, layer_mt: &st
 /// An image built locally: stored manifest names the diff digests.
 fn built(n: u8, name: &str, layers: &[u8]) -> (Image, Vec<u8>) {
     let config = format!(r#"{{"n":{n}}}"#).into_bytes();
-    let diffs: Vec<Digest> = layers.iter().map(|&l| Digest::of(&[l])).collect();
+    let diffs: Vec<(Digest, u64)> = layers.iter().map(|&l| (Digest::of(&[l]), 1024 * l as u64)).collect();
     let m = oci_manifest(&config, &diffs, manifest::OCI_MANIFEST, manifest::OCI_LAYER_TAR);
     let cfg_key = format!("{}", Digest::of(&config));
     let img = Image {
@@ -83,7 +85,7 @@ fn rewritten_when_layers_were_compressed_and_deterministic() {
     let config = b"{\"cfg\":1}".to_vec();
     let stored = oci_manifest(
         &config,
-        &[Digest::of(b"gz1")],
+        &[(Digest::of(b"gz1"), 300)],
         manifest::DOCKER_MANIFEST,
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
     );
@@ -209,4 +211,64 @@ fn pulled_list_serves_only_for_images_pulled_through_it() {
     assert_eq!(top.media_type, MediaType::OciIndex);
     assert!(!top.verbatim);
     assert_eq!(top.refs, vec![Digest::of(&m)]);
+}
+
+#[test]
+fn verbatim_only_when_sizes_match_too() {
+    // Found by fuzzing: a stored manifest naming the right digests with a wrong size
+    // was served verbatim, promising a blob size that is not what is served.
+    let (mut img, m) = built(1, "localhost/a:1", &[1, 2]);
+    let config = img.big_data.iter().find(|(k, _)| k.starts_with("sha256:")).unwrap().1.clone().unwrap();
+    let wrong = oci_manifest(
+        &config,
+        &[(Digest::of(&[1]), 1024), (Digest::of(&[2]), 2047)],
+        manifest::OCI_MANIFEST,
+        manifest::OCI_LAYER_TAR,
+    );
+    img.big_data.insert("manifest".into(), Ok(Arc::from(wrong.clone())));
+    let reg = Registry::build(&snap(vec![img.clone()], vec![layer(1, None), layer(2, Some(1))]), &LayerChecks::new());
+    let man = &reg.manifests[&reg.repos["localhost/a"].tags["1"]];
+    assert!(!man.verbatim);
+    let v: serde_json::Value = serde_json::from_slice(&man.bytes).unwrap();
+    assert_eq!((&v["layers"][0]["size"], &v["layers"][1]["size"]), (&1024.into(), &2048.into()));
+    // An earlier stored manifest with the right sizes is still served verbatim.
+    img.big_data.insert(format!("manifest-{}", Digest::of(&m)), Ok(Arc::from(m.clone())));
+    let reg = Registry::build(&snap(vec![img], vec![layer(1, None), layer(2, Some(1))]), &LayerChecks::new());
+    let man = &reg.manifests[&reg.repos["localhost/a"].tags["1"]];
+    assert!(man.verbatim);
+    assert_eq!(&*man.bytes, &m[..]);
+}
+
+#[test]
+fn one_digest_one_blob_size() {
+    // Found by fuzzing: a layer whose recorded diff digest is the image's config digest
+    // (or another layer's, with another size) made the manifest name one digest with
+    // two sizes while only one blob is served under it.
+    let (img, _) = built(1, "localhost/a:1", &[1]);
+    let config = img.big_data.iter().find(|(k, _)| k.starts_with("sha256:")).unwrap().1.clone().unwrap();
+    let mut l = layer(1, None);
+    l.diff_digest = Some(Digest::of(&config));
+    let reg = Registry::build(&snap(vec![img], vec![l]), &LayerChecks::new());
+    assert_eq!(reg.excluded.len(), 1, "{:?}", reg.excluded);
+    assert!(reg.excluded[0].reason.contains("would be served as"), "{:?}", reg.excluded);
+    assert!(reg.manifests.is_empty());
+
+    // Two images whose layers claim one diff digest with different sizes: the first
+    // keeps the blob, the second is left out.
+    let (a, _) = built(1, "localhost/a:1", &[1]);
+    let (b, _) = built(2, "localhost/b:1", &[2]);
+    let mut l2 = layer(2, None);
+    l2.diff_digest = Some(Digest::of(&[1]));
+    let reg = Registry::build(&snap(vec![a, b], vec![layer(1, None), l2]), &LayerChecks::new());
+    assert!(reg.repos.contains_key("localhost/a"));
+    assert!(!reg.repos.contains_key("localhost/b"));
+    assert_eq!(reg.excluded.len(), 1, "{:?}", reg.excluded);
+    assert!(reg.excluded[0].reason.contains("1024 and as 2048 bytes"), "{:?}", reg.excluded);
+    for m in reg.manifests.values() {
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+        for l in v["layers"].as_array().unwrap() {
+            let d: Digest = l["digest"].as_str().unwrap().parse().unwrap();
+            assert_eq!(l["size"], reg.blobs[&d].size);
+        }
+    }
 }
