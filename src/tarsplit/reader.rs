@@ -110,14 +110,19 @@ impl LayerBlob {
             return Err(self.err(file, format_args!("payload is {} bytes, tar-split records {size}", md.size())));
         }
         let stamp = super::stamp(&md);
+        if verified == failed(stamp) {
+            // This very file already failed its CRC check: do not hash it again.
+            return Err(self.err(file, "payload CRC-64 differs from tar-split's (checked before)"));
+        }
         Ok((f, crc, stamp, verified == stamp))
     }
 
-    /// Compares a payload's CRC-64 with the recorded one; on a match, marks the file
-    /// (as identified by `stamp`) checked for every reader of this index.
+    /// Compares a payload's CRC-64 with the recorded one and records the outcome for
+    /// the file as identified by `stamp`, for every reader of this index.
     fn check_crc(&self, file: u32, got: u64, want: Option<u64>, stamp: u64) -> io::Result<()> {
         if let Some(want) = want {
             if got != want {
+                self.index.table().files[file as usize].verified.store(failed(stamp), Ordering::Release);
                 return Err(
                     self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}"))
                 );
@@ -126,6 +131,12 @@ impl LayerBlob {
         self.index.table().files[file as usize].verified.store(stamp, Ordering::Release);
         Ok(())
     }
+}
+
+/// The `verified` value recording that the file with `stamp` failed its check (stamps
+/// have their low bit set; this one has it clear).
+fn failed(stamp: u64) -> u64 {
+    stamp & !1
 }
 
 /// Fills `out` from the start of `f`.

@@ -184,6 +184,31 @@ fn size_mismatch_is_refused() {
 }
 
 #[test]
+fn a_check_outcome_holds_for_that_file_only() {
+    let fx = sample();
+    let blob = reader(&fx).blob().clone();
+    let ix = Index::parse(io::Cursor::new(fx.tar_split.clone()), None).unwrap();
+    let t = ix.table();
+    let f = (0..t.files.len() as u32).find(|&f| t.name(f) == b"bin/big").unwrap();
+    let at = t.entries.iter().find(|e| matches!(e.src(), Src::File { file } if file == f)).unwrap().start;
+    let path = fx.dir.join("diff/bin/big");
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[1_000_000] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let mut buf = [0u8; 4096];
+    let e = BlobReader::new(blob.clone()).read_at(at, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("CRC-64") && e.contains("bin/big"), "{e}");
+    // Another reader of the same index: refused without hashing the 3 MB again.
+    let e = BlobReader::new(blob.clone()).read_at(at + 8192, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("checked before"), "{e}");
+    // Put right (a new ctime): checked again, and served.
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(BlobReader::new(blob.clone()).read_at(at, &mut buf).unwrap(), buf.len());
+    assert!(buf[..] == fx.tar[at as usize..at as usize + buf.len()]);
+}
+
+#[test]
 fn damaged_payloads_are_errors_naming_the_file() {
     let fx = sample();
     let diff = fx.dir.join("diff");
