@@ -67,7 +67,6 @@ fn mounts_below(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
 /// Runs `cmd`; on failure panics with its output and the tail of the daemon's `log`.
 fn stdout_or_panic(cmd: &mut Command, what: &str, log: &Path) -> String {
     let out = cmd.output().unwrap();
@@ -81,23 +80,6 @@ fn stdout_or_panic(cmd: &mut Command, what: &str, log: &Path) -> String {
         );
     }
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn terminate(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    // SAFETY: signalling our own child, which has not been reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    while t.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Kills (by pid) whatever our daemons started that still runs from `dir`, unmounts

@@ -274,6 +274,24 @@ impl Mount {
     }
 }
 
+/// SIGTERM, up to `grace` for `child` to exit, then SIGKILL; returns how it ended.
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    // SAFETY: signalling our own child, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while t.elapsed() < grace {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
 /// Unmounts `dir` the way a user would (fusermount3 -u), gives the daemon 5 s to exit,
 /// then kills it; a mount still there after that is detached (umount -l).
 pub fn unmount_and_reap(dir: &Path, child: Option<Child>) {
@@ -374,18 +392,7 @@ impl Serve {
 
     /// Sends SIGTERM and waits; returns the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        c.wait().ok()
+        terminate(&mut self.child.take()?, Duration::from_secs(20))
     }
 }
 
