@@ -10,7 +10,7 @@
 pub mod confine;
 pub mod digest;
 pub mod fs;
-pub mod host;
+pub mod live;
 pub mod registry;
 pub mod serve;
 pub mod store;

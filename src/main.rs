@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use sha2::Digest as _;
 
 use cstor_fs::fs::{MountConfig, MountOptions};
-use cstor_fs::host::{Host, DEFAULT_INDEX_BUDGET};
+use cstor_fs::live::{Live, DEFAULT_INDEX_BUDGET};
 use cstor_fs::registry::{BlobSource, Registry};
 use cstor_fs::store::{self, config, Store};
 use cstor_fs::tarsplit::BlobReader;
@@ -112,12 +112,12 @@ enum ServerArg {
     Caddy,
 }
 
-fn open_host(storage: Option<PathBuf>, driver: Option<&str>) -> Result<Arc<Host>> {
+fn open_live(storage: Option<PathBuf>, driver: Option<&str>) -> Result<Arc<Live>> {
     let req = config::Request { graphroot: storage, driver: driver.map(str::parse).transpose()? };
     let location = config::resolve(&req, &config::Env::from_process())?;
     let store = Store::open(location.clone())
         .with_context(|| format!("opening {} store at {}", location.driver, location.graphroot.display()))?;
-    Ok(Arc::new(Host::new(store, DEFAULT_INDEX_BUDGET)?))
+    Ok(Arc::new(Live::new(store, DEFAULT_INDEX_BUDGET)?))
 }
 
 /// What `policy` asks for the store at `graphroot`. A missing piece is an error under
@@ -166,10 +166,10 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
         }
         _ => bail!("usage: cstor-fs [OPTIONS] [STORE] MOUNTPOINT [-o OPT,...] (see --help)"),
     };
-    let host = open_host(storage, options.driver.as_deref())?;
-    let fsname = host.store().location().graphroot.display().to_string();
-    let userns = userns_plan(options.userns, &host.store().location().graphroot)?;
-    let view = host.view();
+    let live = open_live(storage, options.driver.as_deref())?;
+    let fsname = live.store().location().graphroot.display().to_string();
+    let userns = userns_plan(options.userns, &live.store().location().graphroot)?;
+    let view = live.view();
     for w in view.snapshot.warnings.iter().chain(&view.registry.warnings) {
         log::warn!("{w}");
     }
@@ -185,7 +185,7 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
         fsname,
         userns,
     };
-    cstor_fs::fs::run(host, cfg, || {})?;
+    cstor_fs::fs::run(live, cfg, || {})?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,10 +196,10 @@ fn serve(
     runtime_dir: Option<PathBuf>,
 ) -> Result<ExitCode> {
     // Resolve the store now, so a wrong path fails before anything starts.
-    let host = open_host(store.storage.clone(), store.driver.as_deref())?;
-    let loc = host.store().location().clone();
-    let view = host.view();
-    drop(host);
+    let live = open_live(store.storage.clone(), store.driver.as_deref())?;
+    let loc = live.store().location().clone();
+    let view = live.view();
+    drop(live);
     let tagged =
         || view.registry.repos.iter().filter_map(|(r, repo)| repo.tags.keys().next().map(|t| format!("{r}:{t}")));
     let example = tagged().find(|r| r.starts_with("localhost/")).or_else(|| tagged().next());
@@ -237,10 +237,10 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn checked_host(store: &StoreArgs) -> Result<Arc<Host>> {
-    let host = open_host(store.storage.clone(), store.driver.as_deref())?;
+fn checked_live(store: &StoreArgs) -> Result<Arc<Live>> {
+    let live = open_live(store.storage.clone(), store.driver.as_deref())?;
     // Payloads are read below (verify), so enter the namespace now, still single-threaded.
-    if let Some(plan) = userns_plan(store.userns, &host.store().location().graphroot)? {
+    if let Some(plan) = userns_plan(store.userns, &live.store().location().graphroot)? {
         let error = match plan.enter(None) {
             Ok(e) => e.error,
             Err(e) => Some(e),
@@ -253,17 +253,17 @@ fn checked_host(store: &StoreArgs) -> Result<Arc<Host>> {
         }
     }
     // Full checks first, so size mismatches show as exclusions.
-    host.check_unchecked();
-    host.refresh()?;
-    Ok(host)
+    live.check_unchecked();
+    live.refresh()?;
+    Ok(live)
 }
 
 fn list(store: StoreArgs) -> Result<ExitCode> {
-    let host = checked_host(&store)?;
-    let view = host.view();
+    let live = checked_live(&store)?;
+    let view = live.view();
     let reg = &view.registry;
     let mut out = std::io::stdout().lock();
-    let loc = host.store().location();
+    let loc = live.store().location();
     writeln!(out, "store {} ({})", loc.graphroot.display(), store::Driver::name(loc.driver))?;
     for (name, repo) in &reg.repos {
         writeln!(out, "\n{name}")?;
@@ -345,8 +345,8 @@ fn selected(reg: &Registry, images: &[String]) -> Result<Vec<Digest>> {
 }
 
 fn verify(store: StoreArgs, images: &[String]) -> Result<ExitCode> {
-    let host = checked_host(&store)?;
-    let view = host.view();
+    let live = checked_live(&store)?;
+    let view = live.view();
     let reg = &view.registry;
     let manifests = selected(reg, images)?;
     let mut blobs: Vec<Digest> = Vec::new();
@@ -371,7 +371,7 @@ fn verify(store: StoreArgs, images: &[String]) -> Result<ExitCode> {
         let started = std::time::Instant::now();
         let result = match &b.source {
             BlobSource::Bytes(bytes) => Ok((Digest::of(bytes), bytes.len() as u64)),
-            BlobSource::Layer(id) => host.open_layer(&view, id).and_then(|blob| {
+            BlobSource::Layer(id) => live.open_layer(&view, id).and_then(|blob| {
                 let r = BlobReader::new(blob);
                 let mut h = sha2::Sha256::new();
                 let mut buf = vec![0u8; 1 << 20];

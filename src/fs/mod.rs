@@ -23,7 +23,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
-use crate::host::Host;
+use crate::live::Live;
 use crate::tarsplit::BlobReader;
 pub use mount::{is_mounted, run, MountConfig};
 pub use options::MountOptions;
@@ -63,7 +63,7 @@ enum Handle {
 
 /// State shared by the FUSE threads and the refresh loop.
 pub struct Shared {
-    host: Arc<Host>,
+    live: Arc<Live>,
     tree: ArcSwap<Tree>,
     attrs: Attrs,
     started: SystemTime,
@@ -73,10 +73,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(host: Arc<Host>, attrs: Attrs) -> Arc<Shared> {
-        let tree = Tree::build(host.view());
+    pub fn new(live: Arc<Live>, attrs: Attrs) -> Arc<Shared> {
+        let tree = Tree::build(live.view());
         Arc::new(Shared {
-            host,
+            live,
             tree: ArcSwap::from_pointee(tree),
             attrs,
             started: SystemTime::now(),
@@ -86,14 +86,14 @@ impl Shared {
         })
     }
 
-    pub fn host(&self) -> &Arc<Host> {
-        &self.host
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
-    /// Rebuilds the tree if the host published a new view. Returns the entries that
+    /// Rebuilds the tree if `Live` published a new view. Returns the entries that
     /// vanished, for the caller to invalidate in the kernel.
     pub fn update(&self) -> Vec<(u64, String)> {
-        let view = self.host.view();
+        let view = self.live.view();
         let old = self.tree.load_full();
         if Arc::ptr_eq(&old.view, &view) {
             return Vec::new();
@@ -172,7 +172,7 @@ impl Shared {
         let handle = match content {
             Content::Bytes(b) => Handle::Bytes(b.clone()),
             Content::Layer { id, size } => {
-                let blob = self.host.open_layer(&tree.view, id).map_err(|e| {
+                let blob = self.live.open_layer(&tree.view, id).map_err(|e| {
                     log::error!("{}: cannot open: {e}", node.path);
                     Errno::EIO
                 })?;

@@ -11,7 +11,7 @@ use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
 
 use super::options::MountOptions;
 use super::{CstorFs, Shared};
-use crate::host::Host;
+use crate::live::Live;
 use crate::userns::{self, Keeper};
 
 /// How a mount runs.
@@ -45,7 +45,7 @@ fn hint(e: &io::Error) -> &'static str {
 
 /// Mounts and serves until unmounted or signalled. Without `foreground`, the calling
 /// process exits with status 0 as soon as the mount is live and a child serves it.
-pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
+pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0
         && (cfg.options.allow_other || cfg.options.allow_root)
@@ -58,7 +58,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
         ));
     }
     let signals = block_signals()?;
-    let shared = Shared::new(host.clone(), cfg.options.attrs());
+    let shared = Shared::new(live.clone(), cfg.options.attrs());
     let mut opts = vec![
         MountOption::FSName(cfg.options.fsname.clone().unwrap_or(cfg.fsname.clone())),
         MountOption::Subtype("cstor-fs".into()),
@@ -90,10 +90,10 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     let keeper = enter_userns(&cfg)?.map(Arc::new);
     on_live();
     notify_ready();
-    let view = host.view();
+    let view = live.view();
     log::info!(
         "mounted {} at {}: {} repositories, {} images left out",
-        host.store().location().graphroot.display(),
+        live.store().location().graphroot.display(),
         cfg.mountpoint.display(),
         view.registry.repos.len(),
         view.registry.excluded.len()
@@ -128,7 +128,7 @@ pub fn run(host: Arc<Host>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     let poll = cfg.poll;
     let s = shared.clone();
     std::thread::Builder::new().name("refresh".into()).spawn(move || refresh_loop(&s, &notifier, poll))?;
-    let h = host.clone();
+    let h = live.clone();
     std::thread::Builder::new().name("check".into()).spawn(move || loop {
         if h.check_unchecked() == 0 {
             std::thread::sleep(Duration::from_secs(1));
@@ -209,8 +209,8 @@ fn refresh_loop(shared: &Shared, notifier: &Notifier, poll: Duration) {
     let mut last_err = String::new();
     loop {
         std::thread::sleep(poll);
-        let before = shared.host().view();
-        match shared.host().refresh() {
+        let before = shared.live().view();
+        match shared.live().refresh() {
             Ok(Some(view)) => {
                 last_err.clear();
                 let gone = shared.update();

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::host::View;
+use crate::live::View;
 use crate::registry::Registry;
 use crate::{Digest, Id};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use cstor_fs::host::{Host, View};
+use cstor_fs::live::{Live, View};
 use cstor_fs::registry::BlobSource;
 use cstor_fs::store::{config, Store};
 use cstor_fs::tarsplit::BlobReader;
@@ -14,14 +14,14 @@ use cstor_fs::{Digest, Id};
 
 use crate::common::*;
 
-fn host(storage: &Path, driver: &str) -> Arc<Host> {
+fn live(storage: &Path, driver: &str) -> Arc<Live> {
     let req = config::Request { graphroot: Some(storage.to_path_buf()), driver: Some(driver.parse().unwrap()) };
     let loc = config::resolve(&req, &config::Env::default()).unwrap();
-    Arc::new(Host::new(Store::open(loc).unwrap(), 64 << 20).unwrap())
+    Arc::new(Live::new(Store::open(loc).unwrap(), 64 << 20).unwrap())
 }
 
-fn read_layer(host: &Host, view: &View, id: &Id) -> Vec<u8> {
-    let r = BlobReader::new(host.open_layer(view, id).unwrap());
+fn read_layer(live: &Live, view: &View, id: &Id) -> Vec<u8> {
+    let r = BlobReader::new(live.open_layer(view, id).unwrap());
     let mut out = vec![0u8; r.blob().size() as usize];
     let mut off = 0;
     while off < out.len() {
@@ -34,13 +34,13 @@ fn read_layer(host: &Host, view: &View, id: &Id) -> Vec<u8> {
 }
 
 /// Every layer of every served image: size and sha256 match; returns them by digest.
-fn all_layers(host: &Host) -> BTreeMap<Digest, Vec<u8>> {
-    let view = host.view();
+fn all_layers(live: &Live) -> BTreeMap<Digest, Vec<u8>> {
+    let view = live.view();
     assert!(view.registry.excluded.is_empty(), "left out: {:?}", view.registry.excluded);
     let mut out = BTreeMap::new();
     for (d, b) in &view.registry.blobs {
         if let BlobSource::Layer(id) = &b.source {
-            let bytes = read_layer(host, &view, id);
+            let bytes = read_layer(live, &view, id);
             assert_eq!(bytes.len() as u64, b.size, "layer {id} size");
             assert_eq!(format!("sha256:{}", sha256_hex(&bytes)), d.to_string(), "layer {id} digest");
             out.insert(*d, bytes);
@@ -77,14 +77,14 @@ fn check_against_skopeo(fx: &Fixture, layers: &BTreeMap<Digest, Vec<u8>>) {
 #[test]
 fn overlay_layers_rebuild_exactly_and_equal_skopeo_export() {
     let fx = Fixture::shared("overlay");
-    let layers = all_layers(&host(&fx.storage, "overlay"));
+    let layers = all_layers(&live(&fx.storage, "overlay"));
     check_against_skopeo(fx, &layers);
 }
 
 #[test]
 fn vfs_layers_rebuild_exactly_and_equal_skopeo_export() {
     let fx = Fixture::shared("vfs");
-    let layers = all_layers(&host(&fx.storage, "vfs"));
+    let layers = all_layers(&live(&fx.storage, "vfs"));
     check_against_skopeo(fx, &layers);
 }
 
@@ -92,7 +92,7 @@ fn vfs_layers_rebuild_exactly_and_equal_skopeo_export() {
 #[test]
 fn base_layer_content_is_complete() {
     let fx = Fixture::shared("overlay");
-    let h = host(&fx.storage, "overlay");
+    let h = live(&fx.storage, "overlay");
     let view = h.view();
     let repo = &view.registry.repos["localhost/base"];
     let m = &view.registry.manifests[&repo.tags["1"]];
@@ -132,7 +132,7 @@ fn base_layer_content_is_complete() {
 #[test]
 fn random_reads_equal_slices_of_the_whole() {
     let fx = Fixture::shared("overlay");
-    let h = host(&fx.storage, "overlay");
+    let h = live(&fx.storage, "overlay");
     let view = h.view();
     let mut s = 0x2545f4914f6cdd1du64;
     let mut rnd = move || {
@@ -174,8 +174,8 @@ fn random_reads_equal_slices_of_the_whole() {
 #[test]
 fn verbatim_manifests_keep_podman_digest_and_rewrites_are_stable() {
     let fx = Fixture::shared("overlay");
-    let a = host(&fx.storage, "overlay");
-    let b = host(&fx.storage, "overlay");
+    let a = live(&fx.storage, "overlay");
+    let b = live(&fx.storage, "overlay");
     let (va, vb) = (a.view(), b.view());
     let (ra, rb) = (&va.registry, &vb.registry);
     let mut verbatim = 0;
@@ -213,7 +213,7 @@ fn verbatim_manifests_keep_podman_digest_and_rewrites_are_stable() {
 fn store_changes_show_in_the_next_snapshot() {
     let s = MiniStore::new("overlay");
     s.import("localhost/one:1", &[("a.txt", b"one")]);
-    let h = host(&s.storage, "overlay");
+    let h = live(&s.storage, "overlay");
     assert!(h.refresh().unwrap().is_none(), "nothing changed yet");
     let v1 = h.view();
     assert_eq!(v1.registry.catalog(), vec!["localhost/one"]);
@@ -240,7 +240,7 @@ fn read_only_bind_mount_of_the_store_is_served() {
     std::fs::create_dir(&ro).unwrap();
     run(Command::new("mount").arg("--bind").arg(&fx.storage).arg(&ro));
     run(Command::new("mount").args(["-o", "remount,bind,ro"]).arg(&ro));
-    let h = host(&ro, "overlay");
+    let h = live(&ro, "overlay");
     let view = h.view();
     assert!(view.snapshot.warnings.is_empty(), "{:?}", view.snapshot.warnings);
     let d = view.registry.repos["localhost/app/web"].tags["v1"];
@@ -269,7 +269,7 @@ fn cli_list_and_verify() {
 fn cli_verify_fails_on_a_damaged_layer() {
     let s = MiniStore::new("overlay");
     s.import("localhost/dmg:1", &[("f.txt", b"original content")]);
-    let h = host(&s.storage, "overlay");
+    let h = live(&s.storage, "overlay");
     let view = h.view();
     let BlobSource::Layer(id) =
         view.registry.blobs.values().find(|b| matches!(b.source, BlobSource::Layer(_))).unwrap().source

@@ -1,8 +1,8 @@
-//! `host`: the one place that applies store changes.
+//! `live`: the one place that applies store changes.
 //!
-//! A [`Host`] owns the [`Store`], the shared [`IndexCache`] and the current [`View`]
+//! A [`Live`] owns the [`Store`], the shared [`IndexCache`] and the current [`View`]
 //! (a snapshot plus the registry model built from it), swapped atomically by
-//! [`Host::refresh`]. Readers take an `Arc<View>` and keep using it even while a newer
+//! [`Live::refresh`]. Readers take an `Arc<View>` and keep using it even while a newer
 //! one is published. Full layer checks (parse the tar-split, compare the rebuilt size
 //! with `diff-size`) are recorded here and fed into the next model.
 
@@ -32,7 +32,7 @@ pub struct View {
 }
 
 #[derive(Debug)]
-pub struct Host {
+pub struct Live {
     store: Store,
     cache: IndexCache,
     view: ArcSwap<View>,
@@ -42,11 +42,11 @@ pub struct Host {
     refresh_lock: Mutex<()>,
 }
 
-impl Host {
+impl Live {
     /// Opens the store and builds the first view.
-    pub fn new(store: Store, index_budget: usize) -> Result<Host, store::Error> {
+    pub fn new(store: Store, index_budget: usize) -> Result<Live, store::Error> {
         let snapshot = store.load()?;
-        let host = Host {
+        let live = Live {
             store,
             cache: IndexCache::new(index_budget),
             view: ArcSwap::from_pointee(View {
@@ -58,8 +58,8 @@ impl Host {
             checks_dirty: AtomicBool::new(false),
             refresh_lock: Mutex::new(()),
         };
-        host.publish(snapshot);
-        Ok(host)
+        live.publish(snapshot);
+        Ok(live)
     }
 
     pub fn store(&self) -> &Store {
