@@ -69,13 +69,23 @@ pub fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).unwrap()
 }
 
-/// A store made by tests/fixtures/make-store.sh.
+/// Which podman/buildah/skopeo a command runs: the machine's (Debian 12: podman 4.3) or a
+/// current podman 5 in the chroot of tests/fixtures/podman5/chroot.sh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tools {
+    Host,
+    Podman5,
+}
+
+/// A store made by tests/fixtures/make-store.sh (or podman5/make-store5.sh).
 pub struct Fixture {
     pub root: PathBuf,
     pub storage: PathBuf,
     pub driver: &'static str,
     /// (name or id, what it covers), from images.txt.
     pub images: Vec<(String, String)>,
+    /// The tools that made it, and that [`Fixture::tool`] runs.
+    pub tools: Tools,
 }
 
 impl Fixture {
@@ -85,31 +95,53 @@ impl Fixture {
         static OVERLAY: OnceLock<Fixture> = OnceLock::new();
         static VFS: OnceLock<Fixture> = OnceLock::new();
         let cell = if driver == "vfs" { &VFS } else { &OVERLAY };
-        cell.get_or_init(|| Fixture::build(driver))
+        cell.get_or_init(|| Fixture::build(driver, Tools::Host))
     }
 
-    fn build(driver: &'static str) -> Fixture {
+    /// The same images written by a current podman (5.x, in a Debian trixie chroot), plus
+    /// zstd:chunked images pulled with partial pulls (tests/fixtures/podman5/make-store5.sh).
+    pub fn podman5() -> &'static Fixture {
+        static P5: OnceLock<Fixture> = OnceLock::new();
+        P5.get_or_init(|| Fixture::build("overlay", Tools::Podman5))
+    }
+
+    fn build(driver: &'static str, tools: Tools) -> Fixture {
         let scripts = repo_root().join("tests/fixtures");
+        // Keyed by the scripts that make it (files directly in tests/fixtures; the podman 5
+        // store also by those in podman5/).
         let mut h = 0u64;
-        let mut names: Vec<_> = std::fs::read_dir(&scripts).unwrap().map(|e| e.unwrap().path()).collect();
-        names.sort();
-        for p in names {
-            for b in std::fs::read(&p).unwrap_or_default() {
-                h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        let mut dirs = vec![scripts.clone()];
+        if tools == Tools::Podman5 {
+            dirs.push(scripts.join("podman5"));
+        }
+        for dir in dirs {
+            let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+            names.sort();
+            for p in names {
+                for b in std::fs::read(&p).unwrap_or_default() {
+                    h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+                }
             }
         }
-        let root = PathBuf::from(format!("/tmp/cstor-it/{driver}-{:08x}", h as u32));
+        let name = match tools {
+            Tools::Host => driver.to_string(),
+            Tools::Podman5 => format!("podman5-{driver}"),
+        };
+        let root = PathBuf::from(format!("/tmp/cstor-it/{name}-{:08x}", h as u32));
         let done = root.join("images.txt");
         // Other test runs (other checkouts) may build the same store at the same time.
         std::fs::create_dir_all("/tmp/cstor-it").unwrap();
-        let lock = std::fs::File::create(format!("/tmp/cstor-it/{driver}-{:08x}.lock", h as u32)).unwrap();
+        let lock = std::fs::File::create(format!("/tmp/cstor-it/{name}-{:08x}.lock", h as u32)).unwrap();
         // SAFETY: flock on a file we own; released when `lock` drops.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
         if !done.exists() {
             let _ = std::fs::remove_dir_all(&root);
             let t = Instant::now();
-            run(Command::new(scripts.join("make-store.sh")).arg(&root).arg(driver));
-            eprintln!("built {driver} fixture store in {:?}", t.elapsed());
+            match tools {
+                Tools::Host => run(Command::new(scripts.join("make-store.sh")).arg(&root).arg(driver)),
+                Tools::Podman5 => run(Command::new(scripts.join("podman5/make-store5.sh")).arg(&root)),
+            };
+            eprintln!("built {name} fixture store in {:?}", t.elapsed());
         }
         let images = std::fs::read_to_string(&done)
             .unwrap()
@@ -117,18 +149,32 @@ impl Fixture {
             .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
             .collect();
         drop(lock);
-        Fixture { storage: root.join("storage"), root, driver, images }
+        Fixture { storage: root.join("storage"), root, driver, images, tools }
     }
 
     /// Runs a podman/skopeo/buildah command line against this store, isolated.
     pub fn tool(&self, tool: &str, args: &[&str]) -> Command {
-        tool_cmd(&self.root, tool, args)
+        tools_cmd(self.tools, &self.root, tool, args)
     }
 }
 
 /// `isolate.sh bash -c '. ROOT/conf/env; exec TOOL ARGS'`.
 pub fn tool_cmd(root: &Path, tool: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(repo_root().join("tests/fixtures/isolate.sh"));
+    tools_cmd(Tools::Host, root, tool, args)
+}
+
+/// [`tool_cmd`] with the machine's tools or podman 5's (inside its chroot, where the
+/// store's paths are the same).
+pub fn tools_cmd(tools: Tools, root: &Path, tool: &str, args: &[&str]) -> Command {
+    let isolate = repo_root().join("tests/fixtures/isolate.sh");
+    let mut c = match tools {
+        Tools::Host => Command::new(&isolate),
+        Tools::Podman5 => {
+            let mut c = Command::new(repo_root().join("tests/fixtures/podman5/chroot.sh"));
+            c.arg("run").arg(&isolate);
+            c
+        }
+    };
     c.arg("bash")
         .arg("-c")
         .arg(format!(". '{}/conf/env' && exec \"$@\"", root.display()))
@@ -144,10 +190,15 @@ pub struct MiniStore {
     pub dir: TempDir,
     pub storage: PathBuf,
     pub driver: &'static str,
+    pub tools: Tools,
 }
 
 impl MiniStore {
     pub fn new(driver: &'static str) -> MiniStore {
+        MiniStore::with_tools(driver, Tools::Host)
+    }
+
+    pub fn with_tools(driver: &'static str, tools: Tools) -> MiniStore {
         let dir = TempDir::new("mini");
         let root = dir.path().to_path_buf();
         let storage = root.join("storage");
@@ -177,7 +228,7 @@ impl MiniStore {
             ),
         )
         .unwrap();
-        MiniStore { dir, storage, driver }
+        MiniStore { dir, storage, driver, tools }
     }
 
     pub fn root(&self) -> &Path {
@@ -185,7 +236,7 @@ impl MiniStore {
     }
 
     pub fn tool(&self, tool: &str, args: &[&str]) -> Command {
-        tool_cmd(self.root(), tool, args)
+        tools_cmd(self.tools, self.root(), tool, args)
     }
 
     /// `podman import` of a tarball holding `files`, named `name`. Returns the image id.

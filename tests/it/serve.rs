@@ -23,7 +23,7 @@ fn check_sh(s: &Serve) {
 }
 
 /// skopeo copies by tag and by digest; every blob hashes to its name.
-fn skopeo_copies(s: &Serve, fx: &Fixture) {
+pub(crate) fn skopeo_copies(s: &Serve, fx: &Fixture) {
     let tmp = TempDir::new("skopeo");
     for (name, all) in [
         ("localhost/app/web:v1", false),
@@ -61,13 +61,15 @@ fn skopeo_copies(s: &Serve, fx: &Fixture) {
 }
 
 /// podman pulls into a second private store and gets the same image id.
-fn podman_pull_same_id(s: &Serve, fx: &Fixture) {
-    let dst = MiniStore::new("overlay");
+pub(crate) fn podman_pull_same_id(s: &Serve, fx: &Fixture) {
+    let dst = MiniStore::with_tools("overlay", fx.tools);
     for name in ["localhost/app/web:v1", "localhost/dockerfmt:1", "localhost/pulled/gzip:1", "localhost/pulled/zstd:1"]
     {
         let remote = format!("{}/{name}", s.addr);
         run(&mut dst.tool("podman", &["pull", "-q", "--tls-verify=false", &remote]));
-        assert_eq!(podman_image_id(dst.root(), &remote), podman_image_id(&fx.root, name), "{name}");
+        let id = |mut c: Command| stdout(&mut c).trim().to_string();
+        let inspect = |n| ["image", "inspect", "--format", "{{.Id}}", n];
+        assert_eq!(id(dst.tool("podman", &inspect(&remote))), id(fx.tool("podman", &inspect(name))), "{name}");
     }
 }
 

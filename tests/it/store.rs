@@ -14,7 +14,7 @@ use cstor_fs::{Digest, Id};
 
 use crate::common::*;
 
-fn live(storage: &Path, driver: &str) -> Arc<Live> {
+pub(crate) fn live(storage: &Path, driver: &str) -> Arc<Live> {
     let req = config::Request { graphroot: Some(storage.to_path_buf()), driver: Some(driver.parse().unwrap()) };
     let loc = config::resolve(&req, &config::Env::default()).unwrap();
     Arc::new(Live::new(Store::open(loc).unwrap(), 64 << 20).unwrap())
@@ -34,7 +34,7 @@ fn read_layer(live: &Live, view: &View, id: &Id) -> Vec<u8> {
 }
 
 /// Every layer of every served image: size and sha256 match; returns them by digest.
-fn all_layers(live: &Live) -> BTreeMap<Digest, Vec<u8>> {
+pub(crate) fn all_layers(live: &Live) -> BTreeMap<Digest, Vec<u8>> {
     let view = live.view();
     assert!(view.registry.excluded.is_empty(), "left out: {:?}", view.registry.excluded);
     let mut out = BTreeMap::new();
@@ -49,7 +49,7 @@ fn all_layers(live: &Live) -> BTreeMap<Digest, Vec<u8>> {
     out
 }
 
-fn check_against_skopeo(fx: &Fixture, layers: &BTreeMap<Digest, Vec<u8>>) {
+pub(crate) fn check_against_skopeo(fx: &Fixture, layers: &BTreeMap<Digest, Vec<u8>>) {
     let tmp = TempDir::new("skopeo");
     let mut compared = 0;
     for (name, kind) in &fx.images {
@@ -131,8 +131,11 @@ fn base_layer_content_is_complete() {
 
 #[test]
 fn random_reads_equal_slices_of_the_whole() {
-    let fx = Fixture::shared("overlay");
-    let h = live(&fx.storage, "overlay");
+    random_reads_check(Fixture::shared("overlay"));
+}
+
+pub(crate) fn random_reads_check(fx: &Fixture) {
+    let h = live(&fx.storage, fx.driver);
     let view = h.view();
     let mut s = 0x2545f4914f6cdd1du64;
     let mut rnd = move || {
@@ -173,7 +176,10 @@ fn random_reads_equal_slices_of_the_whole() {
 
 #[test]
 fn verbatim_manifests_keep_podman_digest_and_rewrites_are_stable() {
-    let fx = Fixture::shared("overlay");
+    verbatim_and_rewritten_check(Fixture::shared("overlay"));
+}
+
+pub(crate) fn verbatim_and_rewritten_check(fx: &Fixture) {
     let a = live(&fx.storage, "overlay");
     let b = live(&fx.storage, "overlay");
     let (va, vb) = (a.view(), b.view());
@@ -192,7 +198,18 @@ fn verbatim_manifests_keep_podman_digest_and_rewrites_are_stable() {
             || kind.starts_with("docker-schema2")
         {
             assert!(m.verbatim, "{name} ({kind}) should be served verbatim");
-            assert_eq!(served.to_string(), podman.trim(), "{name}: served digest vs podman's");
+            // podman 5 reports the digest of the newest manifest written for the image; the
+            // arm64 part got a pushed (compressed) one when its list was pulled back, so
+            // there the served (built) digest must be one of the image's repo digests.
+            let newer_manifest = fx.tools == Tools::Podman5 && name == "localhost/multi/part:arm64";
+            if newer_manifest {
+                let repo_digests =
+                    stdout(&mut fx.tool("podman", &["image", "inspect", "--format", "{{.RepoDigests}}", name]));
+                assert!(repo_digests.contains(&format!("@{served}")), "{name}: {served} not in {repo_digests}");
+                assert_ne!(served.to_string(), podman.trim(), "{name}: podman 5 should report the newer manifest");
+            } else {
+                assert_eq!(served.to_string(), podman.trim(), "{name}: served digest vs podman's");
+            }
             verbatim += 1;
         }
         // (Images pulled back into a store that already had them keep their built manifest.)
