@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::registry::{LayerChecks, Registry};
 use crate::store::{self, Snapshot, Store};
+use crate::tarsplit::toc::Objects;
 use crate::tarsplit::{self, IndexCache, LayerBlob};
 use crate::Id;
 
@@ -40,6 +41,8 @@ pub struct Live {
     /// Set when a check found a problem the current view does not reflect yet.
     checks_dirty: AtomicBool,
     refresh_lock: Mutex<()>,
+    /// Parsed tables of contents of the composefs layers read last.
+    objects: Mutex<Vec<(Id, Arc<Objects>)>>,
 }
 
 impl Live {
@@ -57,6 +60,7 @@ impl Live {
             checks: Mutex::default(),
             checks_dirty: AtomicBool::new(false),
             refresh_lock: Mutex::new(()),
+            objects: Mutex::default(),
         };
         live.publish(snapshot);
         Ok(live)
@@ -111,8 +115,17 @@ impl Live {
             return Err(format!("layer {id} is not in the store"));
         };
         // Through the cache: the first open of the layer then reuses this parse.
-        let path = self.store.layer_files(id).tar_split;
-        let result = self.cache.get(id, &path, layer.diff_size).and_then(|ix| ix.complete()).map_err(|e| e.to_string());
+        let files = self.store.layer_files(id);
+        let mut result = self
+            .cache
+            .get(id, &files.tar_split, layer.diff_size)
+            .and_then(|ix| ix.complete())
+            .map_err(|e| e.to_string());
+        if result.is_ok() && files.toc.is_some() {
+            if let Err(e) = self.objects(id, &files) {
+                result = Err(e.to_string());
+            }
+        }
         self.record_check(id, result.clone());
         result
     }
@@ -169,6 +182,32 @@ impl Live {
                 return Err(io::Error::other(msg));
             }
         };
-        Ok(Arc::new(LayerBlob::new(*id, ix, &files.content_dirs)?))
+        let blob = LayerBlob::new(*id, ix, &files.content_dirs)?;
+        if files.toc.is_none() {
+            return Ok(Arc::new(blob));
+        }
+        Ok(Arc::new(blob.with_objects(self.objects(id, &files)?)))
+    }
+
+    /// A composefs layer's content objects by entry name, parsed from its table of
+    /// contents once and kept for the few layers read last.
+    fn objects(&self, id: &Id, files: &store::LayerFiles) -> io::Result<Arc<Objects>> {
+        const KEEP: usize = 8;
+        if let Some(o) = self.objects.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| i == id) {
+            return Ok(o.1.clone());
+        }
+        let what = |e: &dyn std::fmt::Display| format!("layer {id}: table of contents: {e}");
+        let bytes = match self.store.read_toc(files) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(io::Error::new(e.kind(), what(&e))),
+            None => return Err(io::Error::other(what(&"none recorded"))),
+        };
+        let objects = Arc::new(Objects::parse(&bytes).map_err(|e| io::Error::other(what(&e)))?);
+        let mut kept = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= KEEP {
+            kept.remove(0);
+        }
+        kept.push((*id, objects.clone()));
+        Ok(objects)
     }
 }

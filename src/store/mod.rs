@@ -30,6 +30,8 @@ pub use config::Location;
 /// Caps on what one store file may hold, so a hostile store cannot exhaust memory.
 const MAX_JSON: u64 = 256 << 20;
 const MAX_BIG_DATA: u64 = 16 << 20;
+/// A zstd:chunked table of contents runs to ~200 bytes a file.
+const MAX_TOC: u64 = 512 << 20;
 
 /// A storage driver whose layers cstor-fs can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,6 +153,9 @@ pub struct LayerFiles {
     pub tar_split: PathBuf,
     /// Directories to look payloads up in, in order (overlay: diff, then lowers).
     pub content_dirs: Vec<PathBuf>,
+    /// A composefs layer keeps its files content-addressed under `diff/`; this is its
+    /// table of contents (the `zstd-chunked-manifest` layer big data), which names them.
+    pub toc: Option<PathBuf>,
 }
 
 /// An opened store location. Cheap to share; all reads are done on demand.
@@ -316,10 +321,11 @@ impl Store {
                 Err(e) => return Some(format!("no tar-split metadata ({e})")),
             }
             let own = &files.content_dirs[0];
-            if self.location.driver == Driver::Overlay {
-                let layer_dir = own.parent()?;
-                if layer_dir.join("composefs-data").exists() {
-                    return Some("composefs layer (content-addressed files)".into());
+            if let Some(toc) = &files.toc {
+                match std::fs::symlink_metadata(toc) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => return Some("composefs layer: its table of contents is not a regular file".into()),
+                    Err(e) => return Some(format!("composefs layer without a table of contents ({e})")),
                 }
             }
             match std::fs::symlink_metadata(own) {
@@ -341,11 +347,23 @@ impl Store {
     /// Paths of a layer's tar-split and its own content directory.
     pub fn layer_files(&self, id: &Id) -> LayerFiles {
         let root = &self.location.graphroot;
-        let own = match self.location.driver {
-            Driver::Overlay => root.join("overlay").join(id.hex()).join("diff"),
-            Driver::Vfs => root.join("vfs/dir").join(id.hex()),
+        let (own, toc) = match self.location.driver {
+            Driver::Overlay => {
+                let dir = root.join("overlay").join(id.hex());
+                let composefs = dir.join("composefs-data").exists();
+                let toc = composefs
+                    .then(|| self.layers_dir().join(id.hex()).join(big_data_file_name("zstd-chunked-manifest")));
+                (dir.join("diff"), toc)
+            }
+            Driver::Vfs => (root.join("vfs/dir").join(id.hex()), None),
         };
-        LayerFiles { tar_split: self.layers_dir().join(format!("{id}.tar-split.gz")), content_dirs: vec![own] }
+        LayerFiles { tar_split: self.layers_dir().join(format!("{id}.tar-split.gz")), content_dirs: vec![own], toc }
+    }
+
+    /// The bytes of a composefs layer's table of contents (see [`LayerFiles::toc`]),
+    /// capped in size; `None` for a layer that has none.
+    pub fn read_toc(&self, files: &LayerFiles) -> Option<io::Result<Vec<u8>>> {
+        files.toc.as_ref().map(|p| read_capped(p, MAX_TOC))
     }
 
     /// [`Store::layer_files`] plus, for overlay, the lower layers' diff dirs listed in

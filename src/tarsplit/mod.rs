@@ -17,6 +17,7 @@
 mod cache;
 mod reader;
 mod segs;
+pub mod toc;
 
 use crate::confine;
 

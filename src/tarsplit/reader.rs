@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::segs::ChunkCache;
+use super::toc::Objects;
 use super::{confine, Index, Src};
 use crate::Id;
 
@@ -22,6 +23,8 @@ pub struct LayerBlob {
     index: Arc<Index>,
     /// Handles on the layer's content directories, in lookup order.
     dirs: Vec<OwnedFd>,
+    /// For a content-addressed (composefs) layer: where each payload's object is.
+    objects: Option<Arc<Objects>>,
 }
 
 /// One reader's state over a [`LayerBlob`]: the last payload it opened (a file, or
@@ -57,7 +60,15 @@ impl LayerBlob {
                 Err(e) => Some(Err(io::Error::new(e.kind(), format!("layer {layer}: {}: {e}", d.display())))),
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(LayerBlob { layer, index, dirs })
+        Ok(LayerBlob { layer, index, dirs, objects: None })
+    }
+
+    /// Looks payloads up by content instead of by name: each regular file's payload is
+    /// the object `objects` names for it (a composefs layer's `diff/<hex[..2]>/<hex[2..]>`).
+    /// The object is checked like any payload (regular file, size, CRC-64).
+    pub fn with_objects(mut self, objects: Arc<Objects>) -> LayerBlob {
+        self.objects = Some(objects);
+        self
     }
 
     pub fn size(&self) -> u64 {
@@ -86,10 +97,16 @@ impl LayerBlob {
             let info = &t.files[file as usize];
             (t.name(file).to_vec(), info.crc, info.verified.load(Ordering::Acquire))
         };
+        let path = match &self.objects {
+            None => name,
+            Some(objects) => objects
+                .object_path(&name)
+                .ok_or_else(|| self.err(file, "the layer's table of contents names no content object for it"))?,
+        };
         let mut last = None;
         let mut found = None;
         for dir in &self.dirs {
-            match confine::open_beneath(dir, &name) {
+            match confine::open_beneath(dir, &path) {
                 Ok(f) => {
                     found = Some(f);
                     break;

@@ -105,6 +105,22 @@ impl Fixture {
         P5.get_or_init(|| Fixture::build("overlay", Tools::Podman5))
     }
 
+    /// The podman 5 fixture's second store, with `use_composefs`: partially pulled
+    /// layers whose files are content-addressed under `diff/`.
+    pub fn composefs() -> &'static Fixture {
+        static CFS: OnceLock<Fixture> = OnceLock::new();
+        CFS.get_or_init(|| {
+            let p5 = Fixture::podman5();
+            let root = p5.root.join("composefs");
+            let images = std::fs::read_to_string(root.join("images.txt"))
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+                .collect();
+            Fixture { storage: root.join("storage"), root, driver: "overlay", images, tools: Tools::Podman5 }
+        })
+    }
+
     fn build(driver: &'static str, tools: Tools) -> Fixture {
         let scripts = repo_root().join("tests/fixtures");
         // Keyed by the scripts that make it (files directly in tests/fixtures; the podman 5
