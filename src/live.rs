@@ -115,7 +115,7 @@ impl Live {
             return Err(format!("layer {id} is not in the store"));
         };
         // Through the cache: the first open of the layer then reuses this parse.
-        let files = self.store.layer_files(id);
+        let files = self.store.layer_files(id, layer.origin);
         let mut result = self
             .cache
             .get(id, &files.tar_split, layer.diff_size)
@@ -170,7 +170,7 @@ impl Live {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("layer {id} is not in the store")))?;
         let files = self
             .store
-            .layer_files_with_lowers(id)
+            .layer_files_with_lowers(id, layer.origin)
             .map_err(|e| io::Error::new(e.kind(), format!("layer {id}: reading lower: {e}")))?;
         let ix = match self.cache.get(id, &files.tar_split, layer.diff_size) {
             Ok(ix) => ix,

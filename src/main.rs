@@ -1,5 +1,6 @@
 //! The `cstor-fs` command: mount (the default), `list`, `verify` and `serve`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use cstor_fs::live::{Live, DEFAULT_INDEX_BUDGET};
 use cstor_fs::registry::{BlobSource, Registry};
 use cstor_fs::store::{self, config, Store};
 use cstor_fs::tarsplit::BlobReader;
-use cstor_fs::{userns, Digest};
+use cstor_fs::{userns, Digest, Id};
 
 /// Serve containers-storage, read-only, as a registry-shaped FUSE tree.
 ///
@@ -114,9 +115,10 @@ enum ServerArg {
 
 fn open_live(storage: Option<PathBuf>, driver: Option<&str>) -> Result<Arc<Live>> {
     let req = config::Request { graphroot: storage, driver: driver.map(str::parse).transpose()? };
-    let location = config::resolve(&req, &config::Env::from_process())?;
+    let (location, others) = config::resolve_all(&req, &config::Env::from_process())?;
     let store = Store::open(location.clone())
-        .with_context(|| format!("opening {} store at {}", location.driver, location.graphroot.display()))?;
+        .with_context(|| format!("opening {} store at {}", location.driver, location.graphroot.display()))?
+        .with_image_stores(others);
     Ok(Arc::new(Live::new(store, DEFAULT_INDEX_BUDGET)?))
 }
 
@@ -294,6 +296,24 @@ fn list(store: StoreArgs) -> Result<ExitCode> {
         writeln!(out, "\nleft out:")?;
         for x in &reg.excluded {
             writeln!(out, "  {}: {}", x.image, x.reason)?;
+        }
+    }
+    // Every image read, by store: what `podman images --all` shows, and what it serves as.
+    let served: BTreeMap<&Id, Vec<&Digest>> = reg.manifests.iter().fold(BTreeMap::new(), |mut m, (d, man)| {
+        m.entry(&man.image).or_default().push(d);
+        m
+    });
+    writeln!(out, "\nimages:")?;
+    for origin in live.store().origins() {
+        let imgs: Vec<_> = view.snapshot.images.iter().filter(|i| i.origin == origin).collect();
+        if imgs.is_empty() {
+            continue;
+        }
+        writeln!(out, "  from {}", live.store().describe(origin))?;
+        for img in imgs {
+            let digests = served.get(&img.id).map(|ds| ds.iter().map(ToString::to_string).collect::<Vec<_>>());
+            let names = if img.names.is_empty() { "<none>".to_string() } else { img.names.join(" ") };
+            writeln!(out, "    {} {names} served as {}", img.id, digests.map_or("-".to_string(), |d| d.join(" ")))?;
         }
     }
     let warnings: Vec<&String> = view.snapshot.warnings.iter().chain(&reg.warnings).collect();

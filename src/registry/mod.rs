@@ -376,7 +376,9 @@ impl Registry {
         }
         let r = self.repos.entry(repo.to_string()).or_default();
         if let Some(t) = tag {
-            r.tags.insert(t, top);
+            // Images come in podman's order of precedence (image store, graphroot,
+            // additional stores): the first image with a name keeps it.
+            r.tags.entry(t).or_insert(top);
         }
         r.manifests.extend(manifests);
         r.blobs.extend(blobs);

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::store::{ChangeToken, Driver, Layer, Location};
+use crate::store::{ChangeToken, Driver, Layer, Location, Origin};
 
 fn id(n: u8) -> Id {
     format!("{n:02x}").repeat(32).parse().unwrap()
@@ -10,6 +10,7 @@ fn id(n: u8) -> Id {
 fn layer(n: u8, parent: Option<u8>) -> Layer {
     Layer {
         id: id(n),
+        origin: Origin::Graphroot,
         parent: parent.map(id),
         diff_digest: Some(Digest::of(&[n])),
         diff_size: Some(1024 * n as u64),
@@ -20,6 +21,7 @@ fn layer(n: u8, parent: Option<u8>) -> Layer {
 fn image(n: u8, names: &[&str], top: Option<u8>, big: Vec<(String, Vec<u8>)>) -> Image {
     Image {
         id: id(n),
+        origin: Origin::Graphroot,
         names: names.iter().map(|s| s.to_string()).collect(),
         top_layer: top.map(id),
         big_data: big.into_iter().map(|(k, v)| (k, Ok(Arc::from(v)))).collect(),

@@ -37,6 +37,24 @@ struct ConfStorage {
     driver: Option<String>,
     graphroot: Option<String>,
     rootless_storage_path: Option<String>,
+    imagestore: Option<String>,
+    #[serde(default)]
+    options: ConfOptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConfOptions {
+    #[serde(default)]
+    additionalimagestores: Vec<String>,
+}
+
+/// The stores besides the graphroot that podman reads images from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageStores {
+    /// `imagestore`: images (and their layers' files) kept apart from the graphroot.
+    pub image_store: Option<PathBuf>,
+    /// `additionalimagestores`: read-only stores, in the order configured.
+    pub additional: Vec<PathBuf>,
 }
 
 /// Environment inputs, passed explicitly so tests need not touch the process env.
@@ -101,6 +119,11 @@ fn expand_home(s: &str, env: &Env) -> PathBuf {
 
 /// Resolves `req` against storage.conf and the environment.
 pub fn resolve(req: &Request, env: &Env) -> Result<Location, Error> {
+    resolve_all(req, env).map(|(location, _)| location)
+}
+
+/// [`resolve`], plus the image store and additional image stores storage.conf names.
+pub fn resolve_all(req: &Request, env: &Env) -> Result<(Location, ImageStores), Error> {
     let conf = match env.conf_file() {
         Some(path) => {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -137,7 +160,20 @@ pub fn resolve(req: &Request, env: &Env) -> Result<Location, Error> {
             }
         }
     };
-    Ok(Location { graphroot, driver })
+    let non_empty = |p: &String| !p.trim().is_empty();
+    let others = ImageStores {
+        image_store: conf.storage.imagestore.as_ref().filter(|p| non_empty(p)).map(|p| expand_home(p, env)),
+        additional: conf
+            .storage
+            .options
+            .additionalimagestores
+            .iter()
+            .filter(|p| non_empty(p))
+            .map(|p| expand_home(p, env))
+            .filter(|p| *p != graphroot)
+            .collect(),
+    };
+    Ok((Location { graphroot, driver }, others))
 }
 
 /// Picks the driver whose `<driver>-layers` directory exists.
@@ -206,6 +242,24 @@ mod tests {
             .unwrap();
         let env3 = Env { xdg_config_home: Some(cfg), ..env };
         assert_eq!(resolve(&req, &env3).unwrap().graphroot, PathBuf::from("/home/u/store"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn image_stores_from_conf() {
+        let d = tmp();
+        let conf = d.join("storage.conf");
+        std::fs::write(
+            &conf,
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"/g\"\nimagestore = \"/i\"\n\
+             [storage.options]\nadditionalimagestores = [\"/usr/lib/containers/storage\", \"\", \"/g\", \"/b\"]\n",
+        )
+        .unwrap();
+        let env = Env { storage_conf: Some(conf), ..Env::default() };
+        let (loc, others) = resolve_all(&Request::default(), &env).unwrap();
+        assert_eq!(loc.graphroot, PathBuf::from("/g"));
+        assert_eq!(others.image_store, Some(PathBuf::from("/i")));
+        assert_eq!(others.additional, [PathBuf::from("/usr/lib/containers/storage"), PathBuf::from("/b")]);
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -86,10 +86,22 @@ impl Error {
     }
 }
 
+/// Which of the stores podman reads an image or layer record comes from, in podman's
+/// order of precedence: the image store (`imagestore`), the graphroot, then each
+/// read-only additional image store (`additionalimagestores`) in configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    ImageStore,
+    Graphroot,
+    Additional(usize),
+}
+
 /// One image of `images.json`, with the big data cstor-fs serves already read.
 #[derive(Debug, Clone)]
 pub struct Image {
     pub id: Id,
+    /// The store whose `images.json` lists it.
+    pub origin: Origin,
     /// Fully qualified names as stored (`localhost/a:v1`, `docker.io/x/y@sha256:..`).
     pub names: Vec<String>,
     /// Top layer; `None` for manifest lists.
@@ -117,6 +129,8 @@ impl Image {
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub id: Id,
+    /// The store whose layer records list it (its files are there too).
+    pub origin: Origin,
     pub parent: Option<Id>,
     /// The uncompressed digest (DiffID), if recorded.
     pub diff_digest: Option<Digest>,
@@ -162,14 +176,16 @@ pub struct LayerFiles {
 #[derive(Debug)]
 pub struct Store {
     location: Location,
+    /// `imagestore` and `additionalimagestores` from storage.conf.
+    others: config::ImageStores,
     /// Results of the per-layer file checks; layers never change once complete.
     layer_checks: Mutex<HashMap<Id, Option<String>>>,
 }
 
 impl Store {
     pub fn open(location: Location) -> Result<Store, Error> {
-        let s = Store { location, layer_checks: Mutex::default() };
-        for dir in [s.layers_dir(), s.images_dir()] {
+        let s = Store { location, others: config::ImageStores::default(), layer_checks: Mutex::default() };
+        for dir in [s.layers_dir(Origin::Graphroot), s.images_dir(Origin::Graphroot)] {
             let md = std::fs::metadata(&dir).map_err(|e| Error::io(&dir, e))?;
             if !md.is_dir() {
                 return Err(Error::format(&dir, "not a directory"));
@@ -182,17 +198,51 @@ impl Store {
         &self.location
     }
 
-    fn layers_dir(&self) -> PathBuf {
-        self.location.graphroot.join(format!("{}-layers", self.location.driver))
+    /// Also reads the images of the `imagestore` and of each additional image store
+    /// (a store that cannot be read is a warning of each snapshot, not an error).
+    pub fn with_image_stores(mut self, others: config::ImageStores) -> Store {
+        self.others = others;
+        self
     }
 
-    fn images_dir(&self) -> PathBuf {
-        self.location.graphroot.join(format!("{}-images", self.location.driver))
+    /// The stores read, in podman's order of precedence.
+    pub fn origins(&self) -> Vec<Origin> {
+        let mut out = Vec::new();
+        if self.others.image_store.is_some() {
+            out.push(Origin::ImageStore);
+        }
+        out.push(Origin::Graphroot);
+        out.extend((0..self.others.additional.len()).map(Origin::Additional));
+        out
     }
 
-    fn watched(&self) -> ([PathBuf; 2], [PathBuf; 2]) {
-        let (l, i) = (self.layers_dir(), self.images_dir());
-        ([l.join("layers.lock"), i.join("images.lock")], [l.join("layers.json"), i.join("images.json")])
+    /// The directory of the store `origin` names.
+    pub fn root(&self, origin: Origin) -> &Path {
+        match origin {
+            Origin::ImageStore => self.others.image_store.as_deref().unwrap_or(&self.location.graphroot),
+            Origin::Graphroot => &self.location.graphroot,
+            Origin::Additional(i) => self.others.additional.get(i).map_or(&self.location.graphroot, |p| p.as_path()),
+        }
+    }
+
+    fn layers_dir(&self, origin: Origin) -> PathBuf {
+        self.root(origin).join(format!("{}-layers", self.location.driver))
+    }
+
+    fn images_dir(&self, origin: Origin) -> PathBuf {
+        self.root(origin).join(format!("{}-images", self.location.driver))
+    }
+
+    /// Lock files (layers before images, store by store) and the JSON files whose
+    /// changes a refresh watches.
+    fn watched(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let (mut locks, mut files) = (Vec::new(), Vec::new());
+        for o in self.origins() {
+            let (l, i) = (self.layers_dir(o), self.images_dir(o));
+            locks.extend([l.join("layers.lock"), i.join("images.lock")]);
+            files.extend([l.join("layers.json"), l.join("volatile-layers.json"), i.join("images.json")]);
+        }
+        (locks, files)
     }
 
     /// The current change fingerprint. Reads 2x64 bytes and stats 2 files.
@@ -211,9 +261,13 @@ impl Store {
     /// the JSON files and the images' big data are read.
     pub fn load(&self) -> Result<Snapshot, Error> {
         let mut warnings = Vec::new();
-        let (lock_paths, json_paths) = self.watched();
+        let (lock_paths, _) = self.watched();
         let mut locks = Vec::new();
-        for p in &lock_paths {
+        let missing: Vec<Origin> = self.origins().into_iter().filter(|o| !self.root(*o).is_dir()).collect();
+        for o in &missing {
+            warnings.push(format!("{} does not exist (yet); nothing read from it", self.describe(*o)));
+        }
+        for p in lock_paths.iter().filter(|p| !missing.iter().any(|o| p.starts_with(self.root(*o)))) {
             match lock::read_lock(p) {
                 Ok(l) => locks.push(l),
                 // A store never written by this podman version, or one we may not open:
@@ -222,8 +276,30 @@ impl Store {
             }
         }
         let token = self.token();
-        let layers = self.read_layers(&json_paths[0], &mut warnings)?;
-        let images = self.read_images(&json_paths[1], &mut warnings)?;
+        let mut layers = BTreeMap::new();
+        let mut images = Vec::new();
+        for origin in self.origins() {
+            let l = self.layers_dir(origin);
+            let i = self.images_dir(origin);
+            // The graphroot is the store itself: failing to read it fails the load. The
+            // others are extra: one that cannot be read costs its images (a warning).
+            let extra = origin != Origin::Graphroot;
+            let mut read = || -> Result<(), Error> {
+                for name in ["layers.json", "volatile-layers.json"] {
+                    for (id, layer) in self.read_layers(origin, &l.join(name), &mut warnings)? {
+                        // The first store to list a layer is where podman reads it.
+                        layers.entry(id).or_insert(layer);
+                    }
+                }
+                images.extend(self.read_images(origin, &i.join("images.json"), &mut warnings)?);
+                Ok(())
+            };
+            match read() {
+                Ok(()) => {}
+                Err(e) if extra => warnings.push(format!("{} not read: {e}", self.describe(origin))),
+                Err(e) => return Err(e),
+            }
+        }
         drop(locks);
         Ok(Snapshot { location: self.location.clone(), token, images, layers, warnings })
     }
@@ -262,7 +338,22 @@ impl Store {
         }
     }
 
-    fn read_layers(&self, path: &Path, warnings: &mut Vec<String>) -> Result<BTreeMap<Id, Layer>, Error> {
+    /// How `list` and warnings name a store.
+    pub fn describe(&self, origin: Origin) -> String {
+        let what = match origin {
+            Origin::ImageStore => "image store",
+            Origin::Graphroot => "graphroot",
+            Origin::Additional(_) => "additional image store",
+        };
+        format!("{what} {}", self.root(origin).display())
+    }
+
+    fn read_layers(
+        &self,
+        origin: Origin,
+        path: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Result<BTreeMap<Id, Layer>, Error> {
         let mut out = BTreeMap::new();
         for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
             let label = entry_label(i, &v);
@@ -273,7 +364,7 @@ impl Store {
                     continue;
                 }
             };
-            match self.layer_from_raw(raw) {
+            match self.layer_from_raw(origin, raw) {
                 Ok(l) => {
                     if out.insert(l.id, l).is_some() {
                         warnings.push(format!("{}: entry {i}: duplicate layer id", path.display()));
@@ -285,7 +376,7 @@ impl Store {
         Ok(out)
     }
 
-    fn layer_from_raw(&self, raw: raw::RawLayer) -> Result<Layer, String> {
+    fn layer_from_raw(&self, origin: Origin, raw: raw::RawLayer) -> Result<Layer, String> {
         let id: Id = raw.id.parse().map_err(|e| format!("layer id: {e}"))?;
         let ctx = |what: &str, e: crate::digest::ParseError| format!("layer {id}: {what}: {e}");
         let parent = match raw.parent.as_deref() {
@@ -303,17 +394,17 @@ impl Store {
         } else if diff_digest.is_none() {
             Some("layer has no diff-digest".to_string())
         } else {
-            self.check_layer_files(&id)
+            self.check_layer_files(&id, origin)
         };
-        Ok(Layer { id, parent, diff_digest, diff_size, problem })
+        Ok(Layer { id, origin, parent, diff_digest, diff_size, problem })
     }
 
     /// Stat-only checks that the files a rebuild needs are there and usable.
-    fn check_layer_files(&self, id: &Id) -> Option<String> {
+    fn check_layer_files(&self, id: &Id, origin: Origin) -> Option<String> {
         if let Some(cached) = self.layer_checks.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return cached.clone();
         }
-        let files = self.layer_files(id);
+        let files = self.layer_files(id, origin);
         let problem = (|| {
             match std::fs::symlink_metadata(&files.tar_split) {
                 Ok(m) if m.is_file() => {}
@@ -345,19 +436,32 @@ impl Store {
     }
 
     /// Paths of a layer's tar-split and its own content directory.
-    pub fn layer_files(&self, id: &Id) -> LayerFiles {
-        let root = &self.location.graphroot;
+    ///
+    /// The layer records of the graphroot also cover layers written to the image store
+    /// (`imagestore`): their files are there when it has them.
+    pub fn layer_files(&self, id: &Id, origin: Origin) -> LayerFiles {
+        let dir = |root: &Path| match self.location.driver {
+            Driver::Overlay => root.join("overlay").join(id.hex()),
+            Driver::Vfs => root.join("vfs/dir").join(id.hex()),
+        };
+        let mut own = dir(self.root(origin));
+        if let (Origin::Graphroot, Some(image_store)) = (origin, &self.others.image_store) {
+            let there = dir(image_store);
+            if there.exists() {
+                own = there;
+            }
+        }
+        let layers_dir = self.layers_dir(origin);
         let (own, toc) = match self.location.driver {
             Driver::Overlay => {
-                let dir = root.join("overlay").join(id.hex());
-                let composefs = dir.join("composefs-data").exists();
-                let toc = composefs
-                    .then(|| self.layers_dir().join(id.hex()).join(big_data_file_name("zstd-chunked-manifest")));
-                (dir.join("diff"), toc)
+                let composefs = own.join("composefs-data").exists();
+                let toc =
+                    composefs.then(|| layers_dir.join(id.hex()).join(big_data_file_name("zstd-chunked-manifest")));
+                (own.join("diff"), toc)
             }
-            Driver::Vfs => (root.join("vfs/dir").join(id.hex()), None),
+            Driver::Vfs => (own, None),
         };
-        LayerFiles { tar_split: self.layers_dir().join(format!("{id}.tar-split.gz")), content_dirs: vec![own], toc }
+        LayerFiles { tar_split: layers_dir.join(format!("{id}.tar-split.gz")), content_dirs: vec![own], toc }
     }
 
     /// The bytes of a composefs layer's table of contents (see [`LayerFiles::toc`]),
@@ -368,12 +472,15 @@ impl Store {
 
     /// [`Store::layer_files`] plus, for overlay, the lower layers' diff dirs listed in
     /// the layer's `lower` file (uppermost first), resolved through `l/` links.
-    pub fn layer_files_with_lowers(&self, id: &Id) -> io::Result<LayerFiles> {
-        let mut files = self.layer_files(id);
+    pub fn layer_files_with_lowers(&self, id: &Id, origin: Origin) -> io::Result<LayerFiles> {
+        let mut files = self.layer_files(id, origin);
         if self.location.driver != Driver::Overlay {
             return Ok(files);
         }
-        let overlay = self.location.graphroot.join("overlay");
+        // `l/` links are relative to the overlay directory that holds the layer.
+        let Some(overlay) = files.content_dirs[0].parent().and_then(Path::parent).map(Path::to_path_buf) else {
+            return Ok(files);
+        };
         let lower = match read_capped(&overlay.join(id.hex()).join("lower"), 1 << 20) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
@@ -397,11 +504,11 @@ impl Store {
         Ok(files)
     }
 
-    fn read_images(&self, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Image>, Error> {
+    fn read_images(&self, origin: Origin, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Image>, Error> {
         let mut out: Vec<Image> = Vec::new();
         // Big data is opened beneath this handle: no symlink in the image's directory
         // (or in place of it) can point the read outside the store.
-        let images_dir = crate::confine::open_dir(&self.images_dir()).map_err(|e| e.to_string());
+        let images_dir = crate::confine::open_dir(&self.images_dir(origin)).map_err(|e| e.to_string());
         for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
             let label = entry_label(i, &v);
             let raw: raw::RawImage = match serde_json::from_value(v) {
@@ -438,12 +545,13 @@ impl Store {
                 .into_iter()
                 .filter(|k| k.starts_with("manifest") || k.starts_with("sha256:"))
                 .map(|k| {
-                    let v = self.read_big_data(images_dir.as_ref(), &id, &k);
+                    let v = self.read_big_data(origin, images_dir.as_ref(), &id, &k);
                     (k, v)
                 })
                 .collect();
             out.push(Image {
                 id,
+                origin,
                 names: raw.names.unwrap_or_default(),
                 top_layer,
                 big_data,
@@ -458,10 +566,16 @@ impl Store {
 impl Store {
     /// Reads one big-data item, confined to the images directory, capped in size, and
     /// checked against the digest its key names (`sha256:<d>`, `manifest-sha256:<d>`).
-    fn read_big_data(&self, dir: Result<&OwnedFd, &String>, id: &Id, key: &str) -> Result<Arc<[u8]>, String> {
+    fn read_big_data(
+        &self,
+        origin: Origin,
+        dir: Result<&OwnedFd, &String>,
+        id: &Id,
+        key: &str,
+    ) -> Result<Arc<[u8]>, String> {
         let name = big_data_file_name(key);
-        let file = self.images_dir().join(id.hex()).join(&name);
-        let dir = dir.map_err(|e| format!("{}: {e}", self.images_dir().display()))?;
+        let file = self.images_dir(origin).join(id.hex()).join(&name);
+        let dir = dir.map_err(|e| format!("{}: {e}", self.images_dir(origin).display()))?;
         let rel = format!("{}/{name}", id.hex());
         let bytes = crate::confine::open_regular_beneath(dir, rel.as_bytes())
             .and_then(|f| read_file_capped(f, MAX_BIG_DATA))

@@ -109,16 +109,25 @@ impl Fixture {
     /// layers whose files are content-addressed under `diff/`.
     pub fn composefs() -> &'static Fixture {
         static CFS: OnceLock<Fixture> = OnceLock::new();
-        CFS.get_or_init(|| {
-            let p5 = Fixture::podman5();
-            let root = p5.root.join("composefs");
-            let images = std::fs::read_to_string(root.join("images.txt"))
-                .unwrap()
-                .lines()
-                .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
-                .collect();
-            Fixture { storage: root.join("storage"), root, driver: "overlay", images, tools: Tools::Podman5 }
-        })
+        CFS.get_or_init(|| Fixture::podman5().part("composefs", "storage"))
+    }
+
+    /// The podman 5 fixture's stores read as one: `multi/graph` (the graphroot) with an
+    /// image store `multi/images` and an additional image store `multi/ais`, as
+    /// `multi/conf/storage.conf` says.
+    pub fn multi_store() -> &'static Fixture {
+        static MULTI: OnceLock<Fixture> = OnceLock::new();
+        MULTI.get_or_init(|| Fixture::podman5().part("multi", "graph"))
+    }
+
+    fn part(&self, dir: &str, graphroot: &str) -> Fixture {
+        let root = self.root.join(dir);
+        let images = std::fs::read_to_string(root.join("images.txt"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        Fixture { storage: root.join(graphroot), root, driver: self.driver, images, tools: self.tools }
     }
 
     fn build(driver: &'static str, tools: Tools) -> Fixture {

@@ -4,8 +4,12 @@
 //! `convert_images`), `toc-digest`/`big-data-names` in layers.json and chunked layer big
 //! data. Tools that read or write this store are podman 5's own.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+
+use cstor_fs::live::Live;
+use cstor_fs::store::{config, Store};
 
 use crate::common::*;
 use crate::serve::{podman_pull_same_id, skopeo_copies};
@@ -151,4 +155,152 @@ fn composefs_objects_are_checked_like_any_payload() {
     std::fs::remove_file(&obj).unwrap();
     let text = verify("missing object");
     assert!(text.contains("p5/random.bin") && text.contains("missing"), "{text}");
+}
+
+/// `cstor-fs list` for the store podman reads as graphroot + image store + additional
+/// image store: one line per image and name, `ID NAME` pairs as `podman images --all`.
+fn listed_images(out: &str) -> BTreeSet<(String, String)> {
+    let mut set = BTreeSet::new();
+    let images = out.split("\nimages:\n").nth(1).expect("an images: section");
+    for line in images.lines().take_while(|l| l.starts_with("  ")) {
+        let Some(rest) = line.strip_prefix("    ") else { continue };
+        let (id, rest) = rest.split_once(' ').unwrap();
+        let names = rest.split(" served as ").next().unwrap();
+        for n in names.split(' ') {
+            set.insert((id.to_string(), n.replace("<none>", "<none>:<none>")));
+        }
+    }
+    set
+}
+
+fn cli_with_conf(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--storage")
+        .arg(&fx.storage)
+        .env("CONTAINERS_STORAGE_CONF", fx.root.join("conf/storage.conf"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn image_store_and_additional_stores_are_served_like_podman_lists_them() {
+    let fx = Fixture::multi_store();
+    let out = cli_with_conf(fx, &["list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = String::from_utf8(out.stdout).unwrap();
+    let ours = listed_images(&list);
+    let podman = stdout(&mut fx.tool(
+        "podman",
+        &["images", "--all", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}} {{.Digest}}"],
+    ));
+    let mut theirs = BTreeSet::new();
+    for line in podman.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let id = f[0].trim_start_matches("sha256:").to_string();
+        theirs.insert((id.clone(), f[1].to_string()));
+        // Imported and built here: served verbatim, under podman's own digest.
+        let served = list.lines().find(|l| l.starts_with(&format!("    {id} "))).unwrap();
+        assert!(served.contains(f[2]), "{id}: podman's digest {} not served: {served}", f[2]);
+    }
+    assert_eq!(ours, theirs, "cstor-fs list vs podman images --all\n{list}\n{podman}");
+    assert!(theirs.len() >= 6, "{podman}");
+    for store in ["from image store", "from graphroot", "from additional image store"] {
+        assert!(list.contains(store), "{store}: {list}");
+    }
+    // The name in two stores is the graphroot's image's, as podman resolves it.
+    let both =
+        stdout(&mut fx.tool("podman", &["image", "inspect", "--format", "{{.Digest}}", "localhost/multi/both:1"]));
+    assert!(list.contains(&format!("localhost/multi/both\n  tag 1 -> {}", both.trim())), "{list}");
+    // Every blob of every store byte-exact.
+    let out = cli_with_conf(fx, &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(" 0 failed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Each store is watched like the graphroot: an image added to the additional store
+/// shows in the next view; a store that cannot be read is a warning.
+#[test]
+fn additional_stores_are_watched_and_an_unreadable_one_is_a_warning() {
+    let fx = Fixture::multi_store();
+    let tmp = TempDir::new("multi");
+    let copy = tmp.path().join("m");
+    run(Command::new("cp").arg("-a").arg(&fx.root).arg(&copy));
+    let conf = |name: &str, body: String| {
+        let p = copy.join("conf").join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let graph = copy.join("graph");
+    let ais = copy.join("ais");
+    let main_conf = conf(
+        "copy.conf",
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}/run\"\nimagestore = \"{}/images\"\n\
+             [storage.options]\nadditionalimagestores = [\"{}\"]\n",
+            graph.display(),
+            copy.display(),
+            copy.display(),
+            ais.display()
+        ),
+    );
+    let ais_conf = conf(
+        "copy-ais.conf",
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}/ais-run\"\n",
+            ais.display(),
+            copy.display()
+        ),
+    );
+    let env = config::Env { storage_conf: Some(main_conf), ..config::Env::default() };
+    let req = config::Request { graphroot: Some(graph.clone()), driver: None };
+    let (loc, others) = config::resolve_all(&req, &env).unwrap();
+    assert_eq!(others.additional, [ais.clone()]);
+    let live = Live::new(Store::open(loc).unwrap().with_image_stores(others), 64 << 20).unwrap();
+    let before = live.view().registry.repos.len();
+    assert!(live.view().registry.repos.contains_key("localhost/multi/in-additional"));
+    let tar = tmp.path().join("new.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "new.txt", &b"new\n"[..]).unwrap();
+        b.into_inner().unwrap();
+    }
+    // (podman's own database records the store's old path: start it afresh.)
+    let _ = std::fs::remove_file(ais.join("db.sql"));
+    let script = format!(
+        "export HOME={0}; CONTAINERS_STORAGE_CONF={1} podman import -q {2} localhost/multi/added:1",
+        copy.display(),
+        ais_conf.display(),
+        tar.display()
+    );
+    run(&mut tools_cmd(fx.tools, &copy, "bash", &["-c", &script]));
+    let view = live.refresh().unwrap().expect("a change in the additional store is a new view");
+    assert_eq!(view.registry.repos.len(), before + 1);
+    assert!(view.registry.repos.contains_key("localhost/multi/added"));
+    // An additional store that is not a store: a warning, the rest still served.
+    let broken = conf(
+        "broken.conf",
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}/run\"\n\
+             [storage.options]\nadditionalimagestores = [\"{}\", \"{}\"]\n",
+            graph.display(),
+            copy.display(),
+            copy.join("conf/broken.conf").display(),
+            copy.join("nowhere").display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["list", "--storage"])
+        .arg(&graph)
+        .env("CONTAINERS_STORAGE_CONF", &broken)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("localhost/multi/in-graphroot"), "{text}");
+    assert!(text.contains("nowhere does not exist"), "{text}");
+    assert!(text.contains("broken.conf"), "{text}");
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use cstor_fs::registry::manifest::{self, Child, MediaType, Stored};
 use cstor_fs::registry::{BlobSource, LayerChecks, Registry};
-use cstor_fs::store::{ChangeToken, Driver, Image, Layer, Location, Snapshot};
+use cstor_fs::store::{ChangeToken, Driver, Image, Layer, Location, Origin, Snapshot};
 use cstor_fs::{Digest, Id};
 use cstor_fs_fuzz::{digest, id};
 use libfuzzer_sys::fuzz_target;
@@ -158,6 +158,7 @@ fn snapshot(input: &Input) -> Snapshot {
     for l in &input.layers {
         let layer = Layer {
             id: id(l.id),
+            origin: Origin::Graphroot,
             parent: l.parent.map(id),
             diff_digest: l.diff.map(digest),
             diff_size: l.size.map(u64::from),
@@ -236,6 +237,7 @@ fn snapshot(input: &Input) -> Snapshot {
             .and_then(|r| Ctx { made: made.clone(), config: config_digest }.digest(r).parse().ok());
         images.push(Image {
             id: img_id,
+            origin: Origin::Graphroot,
             names: im
                 .names
                 .iter()
