@@ -255,7 +255,7 @@ fn additional_stores_are_watched_and_an_unreadable_one_is_a_warning() {
     let env = config::Env { storage_conf: Some(main_conf), ..config::Env::default() };
     let req = config::Request { graphroot: Some(graph.clone()), driver: None };
     let (loc, others) = config::resolve_all(&req, &env).unwrap();
-    assert_eq!(others.additional, [ais.clone()]);
+    assert_eq!(others.additional, std::slice::from_ref(&ais));
     let live = Live::new(Store::open(loc).unwrap().with_image_stores(others), 64 << 20).unwrap();
     let before = live.view().registry.repos.len();
     assert!(live.view().registry.repos.contains_key("localhost/multi/in-additional"));
