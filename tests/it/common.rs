@@ -105,6 +105,12 @@ impl Fixture {
         P5.get_or_init(|| Fixture::build("overlay", Tools::Podman5))
     }
 
+    /// The podman 4.3 fixture's vfs store, written by podman 5.
+    pub fn podman5_vfs() -> &'static Fixture {
+        static P5VFS: OnceLock<Fixture> = OnceLock::new();
+        P5VFS.get_or_init(|| Fixture::build("vfs", Tools::Podman5))
+    }
+
     /// The podman 5 fixture's second store, with `use_composefs`: partially pulled
     /// layers whose files are content-addressed under `diff/`.
     pub fn composefs() -> &'static Fixture {
@@ -164,7 +170,7 @@ impl Fixture {
             let t = Instant::now();
             match tools {
                 Tools::Host => run(Command::new(scripts.join("make-store.sh")).arg(&root).arg(driver)),
-                Tools::Podman5 => run(Command::new(scripts.join("podman5/make-store5.sh")).arg(&root)),
+                Tools::Podman5 => run(Command::new(scripts.join("podman5/make-store5.sh")).arg(&root).arg(driver)),
             };
             eprintln!("built {name} fixture store in {:?}", t.elapsed());
         }

@@ -24,7 +24,11 @@ fn repos(v2: &Path) -> Vec<String> {
 
 #[test]
 fn tree_serves_every_blob_and_manifest_byte_exact() {
-    let fx = Fixture::shared("overlay");
+    tree_check(Fixture::shared("overlay"));
+}
+
+/// Mounts `fx` and walks the whole tree: every manifest and blob byte-exact.
+pub(crate) fn tree_check(fx: &Fixture) {
     let m = Mount::new(&fx.storage, "");
     let v2 = m.v2();
     let repos = repos(&v2);

@@ -12,9 +12,11 @@ use cstor_fs::live::Live;
 use cstor_fs::store::{config, Store};
 
 use crate::common::*;
+use crate::mount::tree_check;
 use crate::serve::{podman_pull_same_id, skopeo_copies};
 use crate::store::{
-    all_layers, check_against_skopeo, check_against_skopeo_min, live, random_reads_check, verbatim_and_rewritten_check,
+    all_layers, base_layer_check, check_against_skopeo, check_against_skopeo_min, live, random_reads_check,
+    verbatim_and_rewritten_check,
 };
 
 fn fx() -> &'static Fixture {
@@ -68,8 +70,25 @@ fn podman5_layers_rebuild_exactly_and_equal_skopeo_export() {
 }
 
 #[test]
+fn podman5_vfs_layers_rebuild_exactly_and_equal_skopeo_export() {
+    let fx = Fixture::podman5_vfs();
+    let layers = all_layers(&live(&fx.storage, fx.driver));
+    check_against_skopeo(fx, &layers);
+}
+
+#[test]
+fn podman5_base_layer_content_is_complete() {
+    base_layer_check(fx());
+}
+
+#[test]
 fn podman5_random_reads_equal_slices_of_the_whole() {
     random_reads_check(fx());
+}
+
+#[test]
+fn podman5_tree_serves_every_blob_and_manifest_byte_exact() {
+    tree_check(fx());
 }
 
 #[test]

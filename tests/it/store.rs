@@ -97,8 +97,11 @@ fn vfs_layers_rebuild_exactly_and_equal_skopeo_export() {
 /// The base layer holds every awkward kind of entry the fixture puts in it.
 #[test]
 fn base_layer_content_is_complete() {
-    let fx = Fixture::shared("overlay");
-    let h = live(&fx.storage, "overlay");
+    base_layer_check(Fixture::shared("overlay"));
+}
+
+pub(crate) fn base_layer_check(fx: &Fixture) {
+    let h = live(&fx.storage, fx.driver);
     let view = h.view();
     let repo = &view.registry.repos["localhost/base"];
     let m = &view.registry.manifests[&repo.tags["1"]];
