@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,86 +210,6 @@ fn assert_listed(list_out: &str, title: &str, all_of: &[&str]) {
     );
 }
 
-/// A foreground mount whose log (stderr) goes to a file; unmounts and reaps on drop.
-struct LoggedMount {
-    dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    _tmp: TempDir,
-}
-
-impl LoggedMount {
-    fn start(storage: &Path, opts: &str) -> LoggedMount {
-        LoggedMount::start_via(storage, opts, &[], |_| {})
-    }
-
-    /// [`LoggedMount::start`] with the daemon run through `wrap` (e.g. `setpriv ...`), after
-    /// `prepare` saw the fresh mountpoint.
-    fn start_via(storage: &Path, opts: &str, wrap: &[&str], prepare: impl FnOnce(&Path)) -> LoggedMount {
-        let tmp = TempDir::new("hmnt");
-        let dir = tmp.path().join("m");
-        std::fs::create_dir(&dir).unwrap();
-        prepare(&dir);
-        let log = tmp.path().join("log");
-        let mut cmd = match wrap.split_first() {
-            Some((prog, args)) => {
-                let mut c = Command::new(prog);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        cmd.arg("-f")
-            .arg(storage)
-            .arg(&dir)
-            .env("RUST_LOG", "info,fuser=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        if !opts.is_empty() {
-            cmd.arg("-o").arg(opts);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut m = LoggedMount { dir, log, child: Some(child), _tmp: tmp };
-        let t = Instant::now();
-        while !is_mounted(&m.dir) {
-            if let Ok(Some(st)) = m.child.as_mut().unwrap().try_wait() {
-                panic!("cstor-fs exited early ({st}):\n{}", m.log());
-            }
-            assert!(t.elapsed() < Duration::from_secs(20), "no mount after 20 s:\n{}", m.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
-
-    fn v2(&self) -> PathBuf {
-        self.dir.join("v2")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_alive(&mut self) {
-        if let Ok(Some(st)) = self.child.as_mut().unwrap().try_wait() {
-            panic!("the mount daemon died ({st}):\n{}", self.log());
-        }
-        assert!(is_mounted(&self.dir), "mount gone:\n{}", self.log());
-        let log = self.log();
-        assert!(!log.contains("panicked"), "the mount daemon panicked:\n{log}");
-    }
-
-    fn unmount(&mut self) {
-        unmount_and_reap(&self.dir, self.child.take());
-    }
-}
-
-impl Drop for LoggedMount {
-    fn drop(&mut self) {
-        self.unmount();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Checking what is served
 
@@ -428,7 +348,7 @@ struct Seen {
 /// damaged ones are tried, each damaged one left out or failing with EIO, no panic.
 fn examine(s: &MiniStore, good: &[Img], bad: &[&Img]) -> Seen {
     let list = list_ok(&s.storage);
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     let v2 = m.v2();
     for g in good {
         assert_served(&v2, g, &m.log());
@@ -539,7 +459,7 @@ fn images_json_truncated_in_its_first_entry_still_mounts_and_recovers() {
     let (code, out, err) = list(&s.storage);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_listed(&out, "warnings:", &["images.json"]);
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     // podman rewrites the file: the images appear.
     let tmp = p.with_extension("tmp");
     write_bytes(&tmp, &original);
@@ -563,7 +483,7 @@ fn unreadable_images_json_at_start_fails_cleanly_and_while_mounted_keeps_the_las
     assert!(err.contains("images.json"), "{err}");
     // While mounted: replaced (as podman does, by rename) with garbage, then fixed.
     write_bytes(&p, &original);
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     for g in &good {
         assert_served(&m.v2(), g, &m.log());
     }
@@ -612,7 +532,7 @@ fn duplicate_image_and_layer_ids_never_serve_wrong_bytes() {
     let list_out = list_ok(&s.storage);
     assert_listed(&list_out, "warnings:", &["images.json", "duplicate image id", &good[0].id]);
     assert_listed(&list_out, "warnings:", &["layers.json", "duplicate layer id"]);
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     let v2 = m.v2();
     // Untouched, and exactly duplicated: served.
     assert_served(&v2, &untouched, &m.log());
@@ -651,7 +571,7 @@ fn huge_declared_sizes_are_refused() {
     assert_listed(&seen.list, "left out:", &[&bad2.name, &bad2.layer]);
     assert_listed(&seen.list, "warnings:", &["layers.json", &u64::MAX.to_string()]);
     // The mount must not keep advertising a 2^62-byte blob.
-    let m = LoggedMount::start(&s.storage, "");
+    let m = Daemon::mount(&s.storage, "");
     let blob = m.v2().join(&bad.repo).join("blobs").join(layer_digest(&bad));
     wait_for("the huge blob to be left out", Duration::from_secs(5), || !blob.exists());
     assert!(m.log().contains(&bad.layer), "{}", m.log());
@@ -770,7 +690,7 @@ fn tar_split_names_with_dotdot_or_absolute_paths_never_reach_outside() {
     let seen = examine(&s, &good, &[&bad]);
     assert!(matches!(seen.bad[0], Fail::Eio(_)), "{:?}", seen.bad);
     // Page by page: what is served is the true bytes (never the secrets), the rest EIO.
-    let m = LoggedMount::start(&s.storage, "");
+    let m = Daemon::mount(&s.storage, "");
     let pages = page_reads(&m.v2(), &bad);
     assert!(pages.iter().any(|(_, r)| *r == Err(libc::EIO)), "no read failed");
     for (off, r) in &pages {
@@ -823,7 +743,7 @@ fn symlinked_directory_symlinked_payload_and_fifo_payload_are_refused() {
     assert!(seen.log.contains("a.txt") && seen.log.contains("b.bin"), "{}", seen.log);
     // Not one byte of the host file came through the symlinked directory: the pages
     // holding its payload fail (the other pages are the true bytes).
-    let m = LoggedMount::start(&s.storage, "");
+    let m = Daemon::mount(&s.storage, "");
     let mut ar = tar::Archive::new(File::open(&dirlink.tar).unwrap());
     let at = ar
         .entries()
@@ -883,7 +803,7 @@ fn payload_changed_after_a_verified_read_is_not_served() {
     // The same layer under a second name: another inode, so no shared page cache.
     run(&mut s.tool("podman", &["tag", "localhost/later:1", "localhost/later/again:1"]));
     let again = Img { repo: "localhost/later/again".into(), ..img.clone() };
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     assert_served(&m.v2(), &img, &m.log());
     let f = diff_dir(&s.storage, &img.layer).join("b.bin");
     let mut b = std::fs::read(&f).unwrap();
@@ -973,7 +893,7 @@ fn big_data_symlinked_out_of_the_store_is_not_served() {
     std::fs::remove_file(&conf).unwrap();
     std::os::unix::fs::symlink(&secret, &conf).unwrap();
     let list_out = list_ok(&s.storage);
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     for g in &good {
         assert_served(&m.v2(), g, &m.log());
     }
@@ -1006,7 +926,7 @@ fn names_that_are_not_references_are_warned_about_and_never_become_paths() {
     for n in ["localhost/a b:1", "localhost/UPPER:1", "localhost/../../../etc:1", "localhost/x:bad tag"] {
         assert_listed(&list_out, "warnings:", &[n]);
     }
-    let mut m = LoggedMount::start(&s.storage, "");
+    let mut m = Daemon::mount(&s.storage, "");
     let v2 = m.v2();
     for g in &good {
         assert_served(&v2, g, &m.log());
@@ -1075,7 +995,7 @@ fn read_only_bind_mount_with_unopenable_lock_files_is_served() {
     assert_listed(&list_out, "warnings:", &["images.lock", "read lock"]);
     assert_listed(&list_out, "warnings:", &["layers.lock", "read lock"]);
     {
-        let mut m = LoggedMount::start(&ro, "");
+        let mut m = Daemon::mount(&ro, "");
         for g in &good {
             assert_served(&m.v2(), g, &m.log());
         }
@@ -1136,101 +1056,22 @@ fn fifos_in_place_of_store_files_do_not_hang() {
 // ---------------------------------------------------------------------------------------
 // Faults: serving over HTTP
 
-/// `cstor-fs serve` with its log in a file; SIGTERM, reaped and unmounted on drop.
-struct LoggedServe {
-    child: Option<Child>,
-    addr: String,
-    runtime_dir: PathBuf,
-    log: PathBuf,
-    _tmp: TempDir,
-}
-
-impl LoggedServe {
-    fn start(storage: &Path) -> LoggedServe {
-        let tmp = TempDir::new("hsrv");
-        let runtime_dir = tmp.path().join("rt");
-        let log = tmp.path().join("log");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--storage")
-            .arg(storage)
-            .args(["--listen", &addr, "--server", "nginx", "--runtime-dir"])
-            .arg(&runtime_dir)
-            .env("RUST_LOG", "info,fuser=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut s = LoggedServe { child: Some(child), addr, runtime_dir, log, _tmp: tmp };
-        let t = Instant::now();
-        while http_status(&format!("{}/v2/", s.url())) != 200 {
-            if let Ok(Some(st)) = s.child.as_mut().unwrap().try_wait() {
-                panic!("cstor-fs serve exited early ({st}):\n{}", s.log());
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "serve not answering:\n{}", s.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The `cstor-fs -f` mount daemon serve started.
-    fn daemon_pid(&self) -> i32 {
-        let serve = self.child.as_ref().unwrap().id() as i32;
-        let rt = self.runtime_dir.to_string_lossy().to_string();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
-            let is_us = args.first().is_some_and(|a| a.ends_with("/cstor-fs"))
-                && args.iter().any(|a| a == "-f")
-                && args.iter().any(|a| a.starts_with(&rt));
-            if is_us && ppid(pid) == Some(serve) {
-                return pid;
-            }
-        }
-        panic!("no mount daemon under serve {serve}");
-    }
-
-    fn assert_alive(&mut self) {
-        if let Ok(Some(st)) = self.child.as_mut().unwrap().try_wait() {
-            panic!("cstor-fs serve died ({st}):\n{}", self.log());
-        }
-        assert!(!self.log().contains("panicked"), "{}", self.log());
-    }
-}
-
-impl Drop for LoggedServe {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let mnt = self.runtime_dir.join("mnt");
-        if is_mounted(&mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+/// The `cstor-fs -f` mount daemon a `cstor-fs serve` started.
+fn mount_daemon_of(srv: &Daemon) -> i32 {
+    let serve = srv.pid() as i32;
+    let rt = srv.runtime_dir().to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+        let is_us = args.first().is_some_and(|a| a.ends_with("/cstor-fs"))
+            && args.iter().any(|a| a == "-f")
+            && args.iter().any(|a| a.starts_with(&rt));
+        if is_us && ppid(pid) == Some(serve) {
+            return pid;
         }
     }
+    panic!("no mount daemon under serve {serve}");
 }
 
 fn ppid(pid: i32) -> Option<i32> {
@@ -1321,7 +1162,7 @@ fn layer_removed_mid_download_never_completes_with_wrong_bytes() {
     let big = import(&s, "localhost/big:1", &files);
     let expected = std::fs::read(&big.tar).unwrap();
     let digest = layer_digest(&big);
-    let mut srv = LoggedServe::start(&s.storage);
+    let mut srv = Daemon::serve(&s.storage, "nginx");
     let url = format!("{}/v2/{}/blobs/{digest}", srv.url(), big.repo);
     let out = s.root().join("download");
     let t = Instant::now();
@@ -1365,7 +1206,7 @@ fn layer_removed_mid_download_never_completes_with_wrong_bytes() {
 fn store_changing_under_load_never_serves_wrong_bytes() {
     let s = MiniStore::new("overlay");
     let stable = import(&s, "localhost/stable:1", &[("s.bin", &pattern(3 << 20, 100))]);
-    let srv = LoggedServe::start(&s.storage);
+    let srv = Daemon::serve(&s.storage, "nginx");
     let url = srv.url();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, stable_ok) =
@@ -1485,20 +1326,17 @@ fn kill_9_of_the_daemon_releases_the_mountpoint() {
     let tmp = TempDir::new("hkill");
     let dir = tmp.path().join("m");
     std::fs::create_dir(&dir).unwrap();
-    let mut first = Mount::at(&s.storage, &dir, "auto_unmount,allow_other");
+    let mut first = Daemon::mount_at(&s.storage, &dir, "auto_unmount,allow_other");
     let catalog = std::fs::read(first.v2().join("_catalog")).unwrap();
     let digests: Vec<_> =
         good.iter().map(|g| std::fs::read_link(first.v2().join(&g.repo).join("manifests/1")).unwrap()).collect();
     for g in &good {
         check_image(&first.v2(), g).unwrap();
     }
-    let mut child = first.child.take().unwrap();
     // Another reader holds a file open across the kill.
     let held = File::open(first.v2().join(&good[1].repo).join("blobs").join(layer_digest(&good[1]))).unwrap();
     let t = Instant::now();
-    // SAFETY: killing our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    first.kill().expect("the daemon was running");
     wait_for("the mountpoint to be released", Duration::from_secs(5), || !is_mounted(&dir));
     let released = t.elapsed();
     let md = std::fs::metadata(&dir);
@@ -1514,7 +1352,7 @@ fn kill_9_of_the_daemon_releases_the_mountpoint() {
     eprintln!("kill -9: read of a held file afterwards: {r:?}");
     drop(first);
     eprintln!("kill -9: mountpoint released after {released:?}");
-    let second = Mount::at(&s.storage, &dir, "auto_unmount,allow_other");
+    let second = Daemon::mount_at(&s.storage, &dir, "auto_unmount,allow_other");
     assert_eq!(std::fs::read(second.v2().join("_catalog")).unwrap(), catalog);
     for (g, d) in good.iter().zip(&digests) {
         assert_eq!(&std::fs::read_link(second.v2().join(&g.repo).join("manifests/1")).unwrap(), d);
@@ -1542,9 +1380,9 @@ fn load_32_concurrent_downloads_5_rounds_verify_and_leak_no_fds() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&mut s.tool("podman", &a));
     }
-    let srv = LoggedServe::start(&s.storage);
+    let srv = Daemon::serve(&s.storage, "nginx");
     let url = srv.url();
-    let pid = srv.daemon_pid();
+    let pid = mount_daemon_of(&srv);
     // Blob URLs per round: (url, digest).
     let mut rounds: Vec<Vec<(String, String)>> = Vec::new();
     for r in 0..5 {
@@ -1619,8 +1457,8 @@ fn daemon_never_opens_the_store_for_writing() {
     let calls = "open,openat,openat2,creat,truncate,ftruncate,mkdir,mkdirat,unlink,unlinkat,rmdir,rename,renameat,\
                  renameat2,link,linkat,symlink,symlinkat,chmod,fchmod,fchmodat,chown,fchown,fchownat,lchown,\
                  utimensat,setxattr,lsetxattr,fsetxattr,removexattr,lremovexattr,fremovexattr,fcntl,flock,mknod,mknodat";
-    let child = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-s", "512", "-e"])
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-y", "-s", "512", "-e"])
         .arg(format!("trace={calls}"))
         .arg("-o")
         .arg(&trace)
@@ -1628,13 +1466,9 @@ fn daemon_never_opens_the_store_for_writing() {
         .arg("-f")
         .arg(&s.storage)
         .arg(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut traced = Traced { child: Some(child), dir: dir.clone() };
-    wait_for("the traced mount", Duration::from_secs(30), || is_mounted(&dir));
+        .env("RUST_LOG", "warn");
+    let mut traced = Daemon::spawn("strace cstor-fs", cmd, Some(tmp.path().join("log"))).mounted_at(&dir);
+    traced.wait_mounted(Duration::from_secs(30));
     let v2 = dir.join("v2");
     for g in &good {
         check_image(&v2, g).unwrap();
@@ -1646,11 +1480,7 @@ fn daemon_never_opens_the_store_for_writing() {
     wait_for("the removed image to vanish", Duration::from_secs(10), || !v2.join("localhost/good/one").exists());
     check_image(&v2, &good[1]).unwrap();
     run(Command::new("fusermount3").arg("-u").arg(&dir));
-    let t = Instant::now();
-    while traced.child.as_mut().unwrap().try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the traced daemon did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(traced.wait_exit(Duration::from_secs(20)).is_some(), "the traced daemon did not exit");
     drop(traced);
     let text = std::fs::read_to_string(&trace).unwrap();
     let store = std::fs::canonicalize(&s.storage).unwrap().to_string_lossy().to_string();
@@ -1714,18 +1544,6 @@ fn daemon_never_opens_the_store_for_writing() {
     assert!(bad.is_empty(), "the daemon changed or opened the store for writing:\n{}", bad.join("\n"));
 }
 
-/// The strace'd mount: unmounted, and strace stopped, on drop.
-struct Traced {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        unmount_and_reap(&self.dir, self.child.take());
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Least privilege
 
@@ -1782,8 +1600,8 @@ fn an_unprivileged_daemon_serves_what_it_can_read_and_eio_for_the_rest() {
     let repos = ["localhost/good/one", "localhost/good/two", "localhost/secret"];
 
     // 1. A plain user: the readable images verify; the secret layer fails with EIO, logged.
-    let mut m = LoggedMount::start_via(&s.storage, "", &plain, owned);
-    let pid = m.child.as_ref().unwrap().id();
+    let mut m = Daemon::mount_via(&s.storage, "", &plain, owned);
+    let pid = m.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
     assert!(uids.split_whitespace().skip(1).all(|x| x == uid.to_string()), "daemon not running as {uid}: {uids}");
@@ -1811,7 +1629,7 @@ fn an_unprivileged_daemon_serves_what_it_can_read_and_eio_for_the_rest() {
     //    everything verifies, and the daemon still cannot write anywhere it could not before.
     let cap = ["setpriv", &u, &g, "--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"];
     std::fs::set_permissions(&s.storage, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let mut m = LoggedMount::start_via(&s.storage, "", &cap, owned);
+    let mut m = Daemon::mount_via(&s.storage, "", &cap, owned);
     let got = blob_hashes_as(uid, gid, &m.v2(), &repos);
     for (repo, name, r) in &got {
         let h = r.as_ref().unwrap_or_else(|e| panic!("{repo}/{name}: {e}\n{}", m.log()));
@@ -1831,7 +1649,7 @@ fn an_unprivileged_daemon_serves_what_it_can_read_and_eio_for_the_rest() {
 /// with this build as /usr/local/bin/cstor-fs. Killing it on drop ends every process and
 /// mount of the namespace.
 struct SystemdNs {
-    unshare: Child,
+    unshare: Daemon,
     /// systemd's pid in our namespace (paths below `/proc/<pid>/root` see its mounts).
     pid: u32,
     log: PathBuf,
@@ -1844,20 +1662,18 @@ impl SystemdNs {
         assert!(Path::new("/lib/systemd/systemd").exists(), "systemd is not installed");
         let tmp = TempDir::new("hsd");
         let log = tmp.path().join("systemd.log");
-        let unshare = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount", "--propagation", "private"])
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount", "--propagation", "private"])
             .arg(repo_root().join("tests/fixtures/systemd-ns.sh"))
             .arg(BIN)
             .args(dirs)
-            .stdin(Stdio::null())
             .stdout(File::create(&log).unwrap())
-            .stderr(std::process::Stdio::from(File::create(tmp.path().join("unshare.err")).unwrap()))
-            .spawn()
-            .unwrap();
+            .stderr(File::create(tmp.path().join("unshare.err")).unwrap());
+        let unshare = Daemon::spawn("systemd-ns.sh", cmd, None);
         let mut sd = SystemdNs { pid: 0, unshare, log, _tmp: tmp };
-        let children = format!("/proc/{0}/task/{0}/children", sd.unshare.id());
+        let children = format!("/proc/{0}/task/{0}/children", sd.unshare.pid());
         wait_for("systemd to start", Duration::from_secs(20), || {
-            if let Ok(Some(st)) = sd.unshare.try_wait() {
+            if let Some(st) = sd.unshare.exited() {
                 panic!("systemd-ns.sh exited ({st}): {}", sd.log());
             }
             let Some(pid) = std::fs::read_to_string(&children).ok().and_then(|c| c.trim().parse().ok()) else {
@@ -1908,8 +1724,7 @@ impl Drop for SystemdNs {
             // SAFETY: signalling the namespace's init; the kernel then kills the rest.
             unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         }
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
+        self.unshare.kill();
     }
 }
 
