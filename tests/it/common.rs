@@ -542,3 +542,25 @@ pub fn http_status(url: &str) -> u16 {
 pub fn podman_image_id(root: &Path, name: &str) -> String {
     stdout(&mut tool_cmd(root, "podman", &["image", "inspect", "--format", "{{.Id}}", name])).trim().to_string()
 }
+
+/// The guard's promise: a test that panics still has its daemon stopped, reaped and
+/// unmounted.
+#[test]
+fn daemon_guard_stops_reaps_and_unmounts_when_the_test_panics() {
+    let s = MiniStore::new("vfs");
+    s.import("localhost/guard:1", &[("a.txt", b"a")]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = std::panic::catch_unwind(move || {
+        let m = Daemon::mount(&s.storage, "");
+        tx.send((m.pid(), m.dir().to_path_buf())).unwrap();
+        assert!(m.v2().join("localhost/guard").is_dir());
+        panic!("a failing test");
+    });
+    assert!(r.is_err());
+    let (pid, dir) = rx.recv().unwrap();
+    assert!(!is_mounted(&dir), "{} still mounted", dir.display());
+    // Reaped: no process (not even a zombie) with that pid is our child any more.
+    // SAFETY: waitpid on a pid we spawned; WNOHANG never blocks.
+    let r = unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+    assert_eq!(r, -1, "pid {pid} is still a child of ours");
+}
