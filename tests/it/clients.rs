@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -123,16 +123,16 @@ struct Served {
     json: Value,
 }
 
-fn served_manifest(s: &Serve, repo: &str, reference: &str) -> Served {
+fn served_manifest(s: &Daemon, repo: &str, reference: &str) -> Served {
     let url = format!("{}/v2/{repo}/manifests/{reference}", s.url());
     let (status, headers, body) = http_get(&url, MANIFEST_TYPES);
-    assert_eq!(status, 200, "{} GET {url}: {}", s.server, String::from_utf8_lossy(&body));
+    assert_eq!(status, 200, "{} GET {url}: {}", s.label(), String::from_utf8_lossy(&body));
     let digest = format!("sha256:{}", sha256_hex(&body));
     assert_eq!(
         headers.get("docker-content-digest"),
         Some(&digest),
         "{}: GET {url}: Docker-Content-Digest is not the sha256 of the body",
-        s.server
+        s.label()
     );
     let media_type = headers.get("content-type").cloned().unwrap_or_default();
     let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -162,7 +162,7 @@ fn host_arch() -> &'static str {
 
 /// A private containerd: config, root, state, opt dir and sockets in a TempDir.
 struct Containerd {
-    child: Option<Child>,
+    proc: Daemon,
     sock: PathBuf,
     log: PathBuf,
     ctr: PathBuf,
@@ -201,23 +201,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         .unwrap();
         std::fs::create_dir_all(d.join("tmp")).unwrap();
         let log = d.join("containerd.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut c = Containerd { child: Some(child), sock, log, ctr, dir };
-        wait_for("containerd to answer on its socket", Duration::from_secs(30), || {
-            if let Ok(Some(st)) = c.child.as_mut().unwrap().try_wait() {
-                panic!("containerd exited early ({st})\n{}", log_tail(&c.log));
-            }
-            c.sock.exists()
-                && c.ctr(&["version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&config).process_group(0);
+        let proc = Daemon::spawn("containerd", cmd, Some(log.clone()));
+        let mut c = Containerd { proc, sock, log, ctr, dir };
+        let (sock, mut version) = (c.sock.clone(), c.ctr(&["version"]));
+        c.proc.wait_ready("containerd to answer on its socket", Duration::from_secs(30), |_| {
+            sock.exists() && version.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
         });
         c
     }
@@ -234,9 +224,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Stops containerd; returns what had to be cleaned up besides it.
     fn stop(&mut self) -> Vec<String> {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c, Duration::from_secs(15));
-        }
+        self.proc.stop();
         sweep(self.dir.path())
     }
 }
@@ -252,11 +240,11 @@ impl Drop for Containerd {
 fn containerd_pulls(server: &'static str) {
     let t = Instant::now();
     let fx = Fixture::shared("overlay");
-    let s = Serve::start(&fx.storage, server);
+    let s = Daemon::serve(&fx.storage, server);
     let mut c = Containerd::start("ctd");
     let images = ["localhost/app/web:v1", "localhost/pulled/gzip:1", "localhost/dockerfmt:1", "localhost/multi:1"];
     for name in images {
-        let remote = format!("{}/{name}", s.addr);
+        let remote = format!("{}/{name}", s.addr());
         let mut args = vec!["images", "pull", "--plain-http", "--snapshotter", "native"];
         if name == "localhost/multi:1" {
             args.push("--all-platforms");
@@ -287,7 +275,7 @@ fn containerd_pulls(server: &'static str) {
 
     for name in images {
         let (repo, tag) = split_ref(name);
-        let remote = format!("{}/{name}", s.addr);
+        let remote = format!("{}/{name}", s.addr());
         let top = served_manifest(&s, repo, tag);
         let (ty, digest) = listed.get(&remote).unwrap_or_else(|| panic!("{server}: ctr images ls lacks {remote}"));
         assert_eq!(digest, &top.digest, "{server}: {remote}: containerd's target digest");
@@ -370,7 +358,7 @@ const DOCKER_SIDE_EFFECTS: [&str; 6] = [
 /// A private dockerd (vfs, no networking, no iptables) in its own mount namespace, with
 /// its own containerd (dockerd's managed one would create /opt/containerd).
 struct Dockerd {
-    child: Option<Child>,
+    proc: Daemon,
     sock: PathBuf,
     log: PathBuf,
     docker: PathBuf,
@@ -399,11 +387,10 @@ impl Dockerd {
         std::fs::write(&config, serde_json::json!({ "deprecated-key-path": d.join("key.json") }).to_string()).unwrap();
         let sock = d.join("d.sock");
         let log = d.join("dockerd.log");
-        let log_file = std::fs::File::create(&log).unwrap();
         // A private mount namespace: dockerd's bind mount of its data root (and anything
         // else it mounts) dies with it.
-        let child = Command::new(unshare)
-            .args(["--mount", "--propagation", "private"])
+        let mut cmd = Command::new(unshare);
+        cmd.args(["--mount", "--propagation", "private"])
             .arg(bin)
             .arg("--config-file")
             .arg(&config)
@@ -419,24 +406,12 @@ impl Dockerd {
             .arg(format!("unix://{}", sock.display()))
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs"])
             .args(["--insecure-registry", insecure_registry])
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut dk = Dockerd { child: Some(child), sock, log, docker, made_run_docker, dir, containerd };
-        wait_for("dockerd to answer `docker version`", Duration::from_secs(60), || {
-            if let Ok(Some(st)) = dk.child.as_mut().unwrap().try_wait() {
-                panic!("dockerd exited early ({st})\n{}", log_tail(&dk.log));
-            }
-            dk.sock.exists()
-                && dk
-                    .docker(&["version"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
+            .process_group(0);
+        let proc = Daemon::spawn("dockerd", cmd, Some(log.clone()));
+        let mut dk = Dockerd { proc, sock, log, docker, made_run_docker, dir, containerd };
+        let (sock, mut version) = (dk.sock.clone(), dk.docker(&["version"]));
+        dk.proc.wait_ready("dockerd to answer `docker version`", Duration::from_secs(60), |_| {
+            sock.exists() && version.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
         });
         for (p, existed) in DOCKER_SIDE_EFFECTS.iter().zip(before) {
             assert!(existed || !Path::new(p).exists(), "dockerd created {p} outside its TempDir");
@@ -458,9 +433,7 @@ impl Dockerd {
 
     /// Stops dockerd and its containerd; returns what had to be cleaned up besides them.
     fn stop(&mut self) -> Vec<String> {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c, Duration::from_secs(20));
-        }
+        self.proc.stop();
         let mut left = sweep(self.dir.path());
         left.extend(self.containerd.stop());
         // dockerd 20.10 always creates /run/docker/plugins (plugin discovery, not
@@ -484,15 +457,15 @@ impl Drop for Dockerd {
 fn dockerd_pulls(server: &'static str) {
     let t = Instant::now();
     let fx = Fixture::shared("overlay");
-    let s = Serve::start(&fx.storage, server);
-    let mut dk = Dockerd::start(&s.addr);
+    let s = Daemon::serve(&fx.storage, server);
+    let mut dk = Dockerd::start(s.addr());
     for name in ["localhost/app/web:v1", "localhost/dockerfmt:1", "localhost/pulled/gzip:1", "localhost/multi:1"] {
         let (repo, tag) = split_ref(name);
         let top = served_manifest(&s, repo, tag);
         let want_id =
             if name == "localhost/multi:1" { multi_part_id(fx, host_arch()) } else { podman_image_id(&fx.root, name) };
-        let remote = format!("{}/{name}", s.addr);
-        let by_digest = format!("{}/{repo}@{}", s.addr, top.digest);
+        let remote = format!("{}/{name}", s.addr());
+        let by_digest = format!("{}/{repo}@{}", s.addr(), top.digest);
         for r in [&remote, &by_digest] {
             let out = dk.docker_out(&["pull", "-q", r]);
             assert_eq!(out.trim(), r.as_str(), "{server}: docker pull -q {r}");
@@ -533,12 +506,12 @@ fn oras_pulls(server: &'static str) {
         python.display()
     );
     let fx = Fixture::shared("overlay");
-    let s = Serve::start(&fx.storage, server);
+    let s = Daemon::serve(&fx.storage, server);
     let out_dir = TempDir::new("oras");
     let images = ["localhost/app/web:v1", "localhost/dockerfmt:1", "localhost/pulled/gzip:1"];
     let out = Command::new(&python)
         .arg(repo_root().join("tests/it/oras_pull.py"))
-        .arg(&s.addr)
+        .arg(s.addr())
         .arg(out_dir.path())
         .args(images)
         .output()

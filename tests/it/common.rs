@@ -1,10 +1,11 @@
 //! Shared fixtures and guards: stores built once per run, private mini stores for
-//! tests that change the store, and a mount guard that always unmounts.
+//! tests that change the store, and one guard ([`Daemon`]) for every process a test
+//! starts, which always stops it and releases its mounts.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -287,13 +288,6 @@ impl MiniStore {
     }
 }
 
-/// A running `cstor-fs -f` mount; unmounts and reaps the daemon on drop.
-pub struct Mount {
-    pub dir: PathBuf,
-    pub child: Option<Child>,
-    _tmp: Option<TempDir>,
-}
-
 pub fn is_mounted(dir: &Path) -> bool {
     let d = std::fs::canonicalize(dir).unwrap_or(dir.to_path_buf());
     std::fs::read_to_string("/proc/self/mounts").unwrap().lines().any(|l| {
@@ -311,93 +305,284 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-impl Mount {
-    /// Mounts `storage` in the foreground at a fresh directory.
-    pub fn new(storage: &Path, opts: &str) -> Mount {
+/// A process a test started, and what it leaves behind: the FUSE mount it serves, the
+/// runtime directory of a `cstor-fs serve` (whose mount is `RUNTIME_DIR/mnt`), a log file.
+/// Dropping it, also when the test panics, stops the process (SIGTERM, then SIGKILL after
+/// [`Daemon::GRACE`]), reaps it and releases its mounts (`fusermount3 -u`, then
+/// `umount -l`); a failing test gets the end of the log.
+pub struct Daemon {
+    label: String,
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+    mountpoint: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    addr: Option<String>,
+    log: Option<PathBuf>,
+    _tmp: Option<TempDir>,
+}
+
+impl Daemon {
+    /// How long a stopped process gets between SIGTERM and SIGKILL.
+    pub const GRACE: Duration = Duration::from_secs(20);
+
+    /// Starts `cmd` (called `label` in messages) with stdin from /dev/null and, given a
+    /// `log`, stdout and stderr into that file.
+    pub fn spawn(label: &str, mut cmd: Command, log: Option<PathBuf>) -> Daemon {
+        cmd.stdin(Stdio::null());
+        if let Some(log) = &log {
+            let f = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {label} ({cmd:?}): {e}"));
+        Daemon {
+            label: label.to_string(),
+            child: Some(child),
+            status: None,
+            mountpoint: None,
+            runtime_dir: None,
+            addr: None,
+            log,
+            _tmp: None,
+        }
+    }
+
+    /// Keeps `tmp` (e.g. the process's configuration) until the process has stopped.
+    pub fn keeping(mut self, tmp: TempDir) -> Daemon {
+        self._tmp = Some(tmp);
+        self
+    }
+
+    /// Marks `dir` as the FUSE mount this process serves: released on drop.
+    pub fn mounted_at(mut self, dir: &Path) -> Daemon {
+        self.mountpoint = Some(dir.to_path_buf());
+        self
+    }
+
+    /// `cstor-fs -f STORAGE DIR [-o OPTS]` at a fresh directory, logging to a file;
+    /// returns once mounted.
+    pub fn mount(storage: &Path, opts: &str) -> Daemon {
+        Daemon::mount_via(storage, opts, &[], |_| {})
+    }
+
+    /// [`Daemon::mount`] at an existing directory.
+    pub fn mount_at(storage: &Path, dir: &Path, opts: &str) -> Daemon {
+        Daemon::cstor_mount(storage, dir, opts, &[], TempDir::new("mlog"))
+    }
+
+    /// [`Daemon::mount`] with the daemon run through `wrap` (e.g. `setpriv ...`), after
+    /// `prepare` saw the fresh mountpoint.
+    pub fn mount_via(storage: &Path, opts: &str, wrap: &[&str], prepare: impl FnOnce(&Path)) -> Daemon {
         let tmp = TempDir::new("mnt");
         let dir = tmp.path().join("m");
         std::fs::create_dir(&dir).unwrap();
-        let mut m = Mount::at(storage, &dir, opts);
-        m._tmp = Some(tmp);
-        m
+        prepare(&dir);
+        Daemon::cstor_mount(storage, &dir, opts, wrap, tmp)
     }
 
-    pub fn at(storage: &Path, dir: &Path, opts: &str) -> Mount {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("-f")
-            .arg(storage)
-            .arg(dir)
-            .env("RUST_LOG", "info,fuser=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+    fn cstor_mount(storage: &Path, dir: &Path, opts: &str, wrap: &[&str], tmp: TempDir) -> Daemon {
+        let mut cmd = match wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("-f").arg(storage).arg(dir).env("RUST_LOG", "info,fuser=warn");
         if !opts.is_empty() {
             cmd.arg("-o").arg(opts);
         }
-        let child = cmd.spawn().unwrap();
-        let mut m = Mount { dir: dir.to_path_buf(), child: Some(child), _tmp: None };
-        let dir2 = dir.to_path_buf();
-        wait_for("the mount", Duration::from_secs(20), || {
-            if let Some(c) = m.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!("cstor-fs exited early: {st}");
-                }
-            }
-            is_mounted(&dir2)
-        });
+        let mut m = Daemon::spawn("cstor-fs", cmd, Some(tmp.path().join("log"))).mounted_at(dir).keeping(tmp);
+        m.wait_mounted(Duration::from_secs(20));
         m
     }
 
+    /// `cstor-fs serve --server SERVER` of `storage` on a free loopback port, logging to a
+    /// file; returns once it answers `/v2/`.
+    pub fn serve(storage: &Path, server: &str) -> Daemon {
+        let tmp = TempDir::new("serve");
+        let runtime_dir = tmp.path().join("rt");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--storage")
+            .arg(storage)
+            .args(["--listen", &addr, "--server", server, "--runtime-dir"])
+            .arg(&runtime_dir)
+            .env("RUST_LOG", "info,fuser=warn");
+        let mut s =
+            Daemon::spawn(&format!("cstor-fs serve ({server})"), cmd, Some(tmp.path().join("log"))).keeping(tmp);
+        s.runtime_dir = Some(runtime_dir);
+        s.serving_at(&addr, Duration::from_secs(60))
+    }
+
+    /// Marks this process as an HTTP server at `addr` (host:port): returns once it
+    /// answers `/v2/` with 200.
+    pub fn serving_at(mut self, addr: &str, timeout: Duration) -> Daemon {
+        self.addr = Some(addr.to_string());
+        let url = format!("{}/v2/", self.url());
+        self.wait_ready(&format!("{url} to answer"), timeout, |_| http_status(&url) == 200);
+        self
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The process id (while it has not been stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap_or_else(|| panic!("{} was stopped", self.label)).id()
+    }
+
+    /// The mountpoint (see [`Daemon::mounted_at`]).
+    pub fn dir(&self) -> &Path {
+        self.mountpoint.as_deref().unwrap_or_else(|| panic!("{} has no mountpoint", self.label))
+    }
+
     pub fn v2(&self) -> PathBuf {
-        self.dir.join("v2")
+        self.dir().join("v2")
     }
 
-    pub fn unmount(&mut self) {
-        unmount_and_reap(&self.dir, self.child.take());
+    /// host:port of a server (see [`Daemon::serving_at`]).
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or_else(|| panic!("{} is not a server", self.label))
     }
-}
 
-/// SIGTERM, up to `grace` for `child` to exit, then SIGKILL; returns how it ended.
-pub fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(st)) = child.try_wait() {
-        return Some(st);
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
     }
-    // SAFETY: signalling our own child, which has not been reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    while t.elapsed() < grace {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
+
+    /// The runtime directory of a [`Daemon::serve`].
+    pub fn runtime_dir(&self) -> &Path {
+        self.runtime_dir.as_deref().unwrap_or_else(|| panic!("{} has no runtime dir", self.label))
+    }
+
+    /// The mount a [`Daemon::serve`] serves from.
+    pub fn mnt(&self) -> PathBuf {
+        self.runtime_dir().join("mnt")
+    }
+
+    /// What the process wrote to its log so far ("" without one).
+    pub fn log(&self) -> String {
+        self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default()
+    }
+
+    /// How it ended, once it has; `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.status = Some(st);
+                self.child = None;
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        self.status
     }
-    let _ = child.kill();
-    child.wait().ok()
-}
 
-/// Unmounts `dir` the way a user would (fusermount3 -u), gives the daemon 5 s to exit,
-/// then kills it; a mount still there after that is detached (umount -l).
-pub fn unmount_and_reap(dir: &Path, child: Option<Child>) {
-    if is_mounted(dir) {
-        let _ = Command::new("fusermount3").arg("-u").arg(dir).status();
+    /// Panics if the process ended, its mountpoint is gone or its log tells of a panic.
+    pub fn assert_alive(&mut self) {
+        if let Some(st) = self.exited() {
+            panic!("{} died ({st}):\n{}", self.label, self.log());
+        }
+        if let Some(dir) = &self.mountpoint {
+            assert!(is_mounted(dir), "{}: mount gone:\n{}", self.label, self.log());
+        }
+        let log = self.log();
+        assert!(!log.contains("panicked"), "{} panicked:\n{log}", self.label);
     }
-    if let Some(mut c) = child {
+
+    /// Waits up to `timeout` for `ready`; panics, with the log, if the process ends first.
+    pub fn wait_ready(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut(&Daemon) -> bool) {
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(5) && matches!(c.try_wait(), Ok(None)) {
+        loop {
+            if let Some(st) = self.exited() {
+                panic!("{} exited early ({st}), before {what}:\n{}", self.label, self.log());
+            }
+            if ready(self) {
+                return;
+            }
+            assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Ok(None) = c.try_wait() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
-    if is_mounted(dir) {
-        let _ = Command::new("umount").arg("-l").arg(dir).status();
+
+    /// Waits up to `timeout` for the mountpoint to be mounted.
+    pub fn wait_mounted(&mut self, timeout: Duration) {
+        let what = format!("the mount at {}", self.dir().display());
+        self.wait_ready(&what, timeout, |d| is_mounted(d.dir()));
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let t = Instant::now();
+        while self.exited().is_none() && t.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.exited()
+    }
+
+    /// SIGTERM, up to [`Daemon::GRACE`] to exit, then SIGKILL; returns how it ended.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        if let (None, Some(c)) = (self.exited(), self.child.as_ref()) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if self.wait_exit(Daemon::GRACE).is_none() {
+                return self.kill();
+            }
+        }
+        self.status
+    }
+
+    /// SIGKILL now; returns how it ended.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            self.status = c.wait().ok();
+        }
+        self.status
+    }
+
+    /// Unmounts the way a user would (`fusermount3 -u`), gives the daemon 10 s to exit by
+    /// itself, then stops it and releases what is left.
+    pub fn unmount(&mut self) {
+        self.unmount_by(Command::new("fusermount3"));
+    }
+
+    /// [`Daemon::unmount`] with `fusermount` (e.g. run as another user) given `-u DIR`.
+    pub fn unmount_by(&mut self, mut fusermount: Command) {
+        if is_mounted(self.dir()) {
+            let _ = fusermount.arg("-u").arg(self.dir()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        self.wait_exit(Duration::from_secs(10));
+        self.stop();
+        self.release();
+    }
+
+    /// Unmounts what the (stopped) process left mounted.
+    fn release(&self) {
+        let serve_mnt = self.runtime_dir.as_ref().map(|r| r.join("mnt"));
+        for dir in self.mountpoint.iter().chain(&serve_mnt) {
+            if is_mounted(dir) {
+                let _ = Command::new("fusermount3").arg("-u").arg(dir).stderr(Stdio::null()).status();
+            }
+            if is_mounted(dir) {
+                let _ = Command::new("umount").arg("-l").arg(dir).status();
+            }
+        }
     }
 }
 
-impl Drop for Mount {
+impl Drop for Daemon {
     fn drop(&mut self) {
-        self.unmount();
+        self.stop();
+        self.release();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            if !tail.is_empty() {
+                eprintln!("--- last lines of the {} log:", self.label);
+                tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            }
+        }
     }
 }
 
@@ -428,65 +613,6 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `cstor-fs serve` running in the background; SIGTERM and reaped on drop.
-pub struct Serve {
-    pub child: Option<Child>,
-    pub addr: String,
-    pub runtime_dir: PathBuf,
-    pub server: &'static str,
-    _tmp: TempDir,
-}
-
-impl Serve {
-    pub fn start(storage: &Path, server: &'static str) -> Serve {
-        let tmp = TempDir::new("serve");
-        let runtime_dir = tmp.path().join("rt");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--storage")
-            .arg(storage)
-            .args(["--listen", &addr, "--server", server, "--runtime-dir"])
-            .arg(&runtime_dir)
-            .env("RUST_LOG", "info,fuser=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut s = Serve { child: Some(child), addr, runtime_dir, server, _tmp: tmp };
-        let a = s.addr.clone();
-        wait_for("cstor-fs serve to answer /v2/", Duration::from_secs(60), || {
-            if let Ok(Some(st)) = s.child.as_mut().unwrap().try_wait() {
-                panic!("cstor-fs serve exited early: {st}");
-            }
-            http_status(&format!("http://{a}/v2/")) == 200
-        });
-        s
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn mnt(&self) -> PathBuf {
-        self.runtime_dir.join("mnt")
-    }
-
-    /// Sends SIGTERM and waits; returns the exit status.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        terminate(&mut self.child.take()?, Duration::from_secs(20))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.stop();
-        if is_mounted(&self.mnt()) {
-            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
-        }
-    }
-}
-
 /// HTTP status of a GET with curl (0 if it could not connect).
 pub fn http_status(url: &str) -> u16 {
     let out =
@@ -497,4 +623,26 @@ pub fn http_status(url: &str) -> u16 {
 /// The image id podman reports for `name` in the store at `root` (a fixture or mini store).
 pub fn podman_image_id(root: &Path, name: &str) -> String {
     stdout(&mut tool_cmd(root, "podman", &["image", "inspect", "--format", "{{.Id}}", name])).trim().to_string()
+}
+
+/// The guard's promise: a test that panics still has its daemon stopped, reaped and
+/// unmounted.
+#[test]
+fn daemon_guard_stops_reaps_and_unmounts_when_the_test_panics() {
+    let s = MiniStore::new("vfs");
+    s.import("localhost/guard:1", &[("a.txt", b"a")]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = std::panic::catch_unwind(move || {
+        let m = Daemon::mount(&s.storage, "");
+        tx.send((m.pid(), m.dir().to_path_buf())).unwrap();
+        assert!(m.v2().join("localhost/guard").is_dir());
+        panic!("a failing test");
+    });
+    assert!(r.is_err());
+    let (pid, dir) = rx.recv().unwrap();
+    assert!(!is_mounted(&dir), "{} still mounted", dir.display());
+    // Reaped: no process (not even a zombie) with that pid is our child any more.
+    // SAFETY: waitpid on a pid we spawned; WNOHANG never blocks.
+    let r = unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+    assert_eq!(r, -1, "pid {pid} is still a child of ours");
 }

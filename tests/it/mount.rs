@@ -29,7 +29,7 @@ fn tree_serves_every_blob_and_manifest_byte_exact() {
 
 /// Mounts `fx` and walks the whole tree: every manifest and blob byte-exact.
 pub(crate) fn tree_check(fx: &Fixture) {
-    let m = Mount::new(&fx.storage, "");
+    let m = Daemon::mount(&fx.storage, "");
     let v2 = m.v2();
     let repos = repos(&v2);
     assert!(repos.contains(&"localhost/app/web".to_string()) && repos.contains(&"untagged".to_string()), "{repos:?}");
@@ -107,7 +107,7 @@ fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
 fn writes_fail_with_erofs() {
     let s = MiniStore::new("overlay");
     s.import("localhost/ro:1", &[("f", b"x")]);
-    let m = Mount::new(&s.storage, "");
+    let m = Daemon::mount(&s.storage, "");
     let v2 = m.v2();
     let tags = v2.join("localhost/ro/tags/list");
     assert_eq!(errno_of(std::fs::write(v2.join("new"), b"x")), Some(libc::EROFS));
@@ -122,7 +122,7 @@ fn writes_fail_with_erofs() {
     assert_eq!(std::fs::metadata(v2.join("localhost")).unwrap().permissions().mode() & 0o7777, 0o555);
     drop(m);
     // What the files show is configurable.
-    let m = Mount::new(&s.storage, "uid=33,gid=34,file_mode=0440,dir_mode=0550");
+    let m = Daemon::mount(&s.storage, "uid=33,gid=34,file_mode=0440,dir_mode=0550");
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(m.v2().join("localhost/ro/tags/list")).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (33, 34, 0o440));
@@ -138,7 +138,7 @@ fn changes_show_within_a_second_and_removed_layers_fail_with_eio() {
     let big1: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     let big2: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
     s.import("localhost/gone:1", &[("one", &big1), ("two", &big2)]);
-    let m = Mount::new(&s.storage, "");
+    let m = Daemon::mount(&s.storage, "");
     let v2 = m.v2();
     let man = json(&v2.join("localhost/gone/manifests/1"));
     let layer = man["layers"][0]["digest"].as_str().unwrap().to_string();
@@ -257,18 +257,18 @@ fn mount8_fstab_style_allow_other_and_umount() {
 #[test]
 fn two_foreground_mounts_at_once() {
     let fx = Fixture::shared("overlay");
-    let mut a = Mount::new(&fx.storage, "");
-    let b = Mount::new(&fx.storage, "");
+    let mut a = Daemon::mount(&fx.storage, "");
+    let b = Daemon::mount(&fx.storage, "");
     assert_eq!(std::fs::read(a.v2().join("_catalog")).unwrap(), std::fs::read(b.v2().join("_catalog")).unwrap());
     a.unmount();
-    assert!(!is_mounted(&a.dir));
+    assert!(!is_mounted(a.dir()));
     assert!(std::fs::read(b.v2().join("localhost/app/web/tags/list")).is_ok());
 }
 
 #[test]
 fn concurrent_readers_get_correct_bytes() {
     let fx = Fixture::shared("overlay");
-    let m = Mount::new(&fx.storage, "");
+    let m = Daemon::mount(&fx.storage, "");
     let v2 = m.v2();
     let mut blobs: Vec<PathBuf> = Vec::new();
     for repo in ["localhost/app/web", "localhost/pulled/gzip", "localhost/edited"] {

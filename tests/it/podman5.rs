@@ -101,12 +101,12 @@ fn podman5_verbatim_manifests_keep_podman_digest_and_rewrites_are_stable() {
 #[test]
 fn podman5_pulls_the_same_image_ids_back() {
     let fx = fx();
-    let s = Serve::start(&fx.storage, "nginx");
+    let s = Daemon::serve(&fx.storage, "nginx");
     skopeo_copies(&s, fx);
     podman_pull_same_id(&s, fx);
     let dst = MiniStore::with_tools("overlay", fx.tools);
     for name in ["localhost/p5/chunked:1", "localhost/p5/hardlinks:1", "localhost/p5/converted:1"] {
-        let remote = format!("{}/{name}", s.addr);
+        let remote = format!("{}/{name}", s.addr());
         run(&mut dst.tool("podman", &["pull", "-q", "--tls-verify=false", &remote]));
         let id = |mut c: std::process::Command| stdout(&mut c).trim().to_string();
         let inspect = |n| ["image", "inspect", "--format", "{{.Id}}", n];

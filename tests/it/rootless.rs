@@ -5,10 +5,14 @@
 //! mounts and serves its own default store. A second user without subordinate ids gets
 //! the clear error, what it can read, and EIO plus a log line for the rest.
 //!
-//! The users are created per test (`useradd`) and removed on drop.
+//! The users are made with `useradd` and removed with `userdel`: the one with subordinate
+//! ids and its images once per storage driver, shared by that driver's tests (each check
+//! is a test of its own, failing alone) and removed when the test binary exits; the others
+//! per test.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -139,69 +143,24 @@ impl Drop for User {
     }
 }
 
-/// A process started as a user; SIGTERM, then SIGKILL, on drop.
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(mut cmd: Command, log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        cmd.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f);
-        Proc { child: Some(cmd.spawn().unwrap()), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        terminate(&mut self.child.take()?, Duration::from_secs(20))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `docker-registry` on a free loopback port, killed on drop.
-struct Registry {
-    proc: Proc,
-    addr: String,
-    _dir: TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = TempDir::new("rlreg");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let conf = dir.path().join("registry.yml");
-        std::fs::write(
-            &conf,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}/data\nhttp:\n  addr: {addr}\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(&conf).env_remove("REGISTRY_AUTH_FILE");
-        let mut r = Registry { proc: Proc::start(cmd, dir.path().join("log")), addr, _dir: dir };
-        let url = format!("http://{}/v2/", r.addr);
-        wait_for("docker-registry", Duration::from_secs(20), || {
-            assert!(r.proc.exited().is_none(), "docker-registry exited: {}", r.proc.log());
-            http_status(&url) == 200
-        });
-        r
-    }
+/// `docker-registry` on a free loopback port (its data and log in a TempDir it keeps).
+fn registry() -> Daemon {
+    let dir = TempDir::new("rlreg");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let conf = dir.path().join("registry.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
+             rootdirectory: {}/data\nhttp:\n  addr: {addr}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&conf).env_remove("REGISTRY_AUTH_FILE");
+    let log = dir.path().join("log");
+    Daemon::spawn("docker-registry", cmd, Some(log)).keeping(dir).serving_at(&addr, Duration::from_secs(20))
 }
 
 fn out_text(o: &Output) -> String {
@@ -311,74 +270,121 @@ fn procs_with_arg(uid: u32, arg: &str) -> Vec<(i32, i32)> {
     out
 }
 
-fn wait_mounted(p: &mut Proc, dir: &Path) {
-    wait_for("the rootless mount", Duration::from_secs(30), || {
-        if let Some(st) = p.exited() {
-            panic!("cstor-fs exited early ({st}):\n{}", p.log());
+/// What the rootless tests of one driver share: user `a` (with subordinate ids) whose
+/// default store holds the images, built once per run; removed when the tests are done.
+struct Rootless {
+    a: User,
+    driver: &'static str,
+    /// (name, image id) of the three images.
+    ids: Vec<(String, String)>,
+}
+
+/// The shared set-up of each driver: empty until built, `Failed` if building it panicked.
+enum Shared {
+    Empty,
+    Failed,
+    Built(Arc<Rootless>),
+}
+
+static VFS: Mutex<Shared> = Mutex::new(Shared::Empty);
+static OVERLAY: Mutex<Shared> = Mutex::new(Shared::Empty);
+
+extern "C" fn drop_shared() {
+    for cell in [&VFS, &OVERLAY] {
+        let mut st = cell.lock().unwrap_or_else(|e| e.into_inner());
+        *st = Shared::Empty;
+    }
+}
+
+impl Rootless {
+    /// The set-up for `driver`, built by the first test that asks; its user is removed at exit.
+    fn shared(driver: &'static str) -> Arc<Rootless> {
+        let cell = if driver == "vfs" { &VFS } else { &OVERLAY };
+        let mut st = cell.lock().unwrap_or_else(|e| e.into_inner());
+        match &*st {
+            Shared::Built(r) => return r.clone(),
+            Shared::Failed => panic!("the rootless {driver} set-up failed in an earlier test (see its output)"),
+            Shared::Empty => {}
         }
-        is_mounted(dir)
-    });
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registers a plain function; it runs once tests are over, from exit().
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(drop_shared);
+        });
+        *st = Shared::Failed;
+        let r = Arc::new(Rootless::build(driver));
+        *st = Shared::Built(r.clone());
+        r
+    }
+
+    fn build(driver: &'static str) -> Rootless {
+        need_tools();
+        let a = User::new(true);
+        let conf = a.home().join(".config/containers/storage.conf");
+        std::fs::write(&conf, format!("[storage]\ndriver = \"{driver}\"\n")).unwrap();
+        std::os::unix::fs::chown(&conf, Some(a.uid), Some(a.gid)).unwrap();
+
+        // Images: built in the default store, and built elsewhere, pushed gzip'd and pulled.
+        let ctx = a.mkdir("ctx");
+        secret_tar(&ctx.join("secret.tar"), "built");
+        plain_tar(&ctx.join("plain.tar"));
+        build(&a, &ctx, "localhost/secret:built", &["secret.tar", "plain.tar"], None);
+        build(&a, &ctx, "localhost/plain:1", &["plain.tar"], None);
+        let reg = registry();
+        let ctx2 = a.mkdir("ctx2");
+        secret_tar(&ctx2.join("secret.tar"), "pulled");
+        let scratch = a.mkdir("scratch");
+        build(&a, &ctx2, "localhost/src/pulled:1", &["secret.tar"], Some(&scratch));
+        let remote = format!("{}/rl/pulled:1", reg.addr());
+        run(&mut a.podman(&[
+            "--root",
+            scratch.to_str().unwrap(),
+            "--runroot",
+            &format!("{}-run", scratch.display()),
+            "push",
+            "-q",
+            "--tls-verify=false",
+            "--compression-format",
+            "gzip",
+            "localhost/src/pulled:1",
+            &format!("docker://{remote}"),
+        ]));
+        run(&mut a.podman(&["pull", "-q", "--tls-verify=false", &remote]));
+        run(&mut a.podman(&["tag", &remote, "localhost/pulled:1"]));
+        let ids = ["localhost/secret:built", "localhost/plain:1", "localhost/pulled:1"]
+            .iter()
+            .map(|n| {
+                (n.to_string(), stdout(&mut a.podman(&["image", "inspect", "--format", "{{.Id}}", n])).trim().into())
+            })
+            .collect();
+        Rootless { a, driver, ids }
+    }
 }
 
-fn unmount_as(user: &User, p: &mut Proc, dir: &Path) {
-    let _ = user.cmd("fusermount3", &["-u", dir.to_str().unwrap()]).status();
-    let t = Instant::now();
-    while p.exited().is_none() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p.stop();
-    if is_mounted(dir) {
-        let _ = Command::new("umount").arg("-l").arg(dir).status();
-    }
+/// `cmd` (a `cstor-fs -f` of `user`) as a daemon serving `mnt`, logging to `log` in the
+/// user's directory; returns once mounted.
+fn mount_as(user: &User, cmd: Command, mnt: &Path, log: &str) -> Daemon {
+    let mut m = Daemon::spawn("cstor-fs", cmd, Some(user.dir.path().join(log))).mounted_at(mnt);
+    m.wait_mounted(Duration::from_secs(30));
+    m
 }
 
-fn rootless(driver: &str) {
-    need_tools();
-    let a = User::new(true);
-    let conf = a.home().join(".config/containers/storage.conf");
-    std::fs::write(&conf, format!("[storage]\ndriver = \"{driver}\"\n")).unwrap();
-    std::os::unix::fs::chown(&conf, Some(a.uid), Some(a.gid)).unwrap();
-
-    // Images: built in the default store, and built elsewhere, pushed gzip'd and pulled.
-    let ctx = a.mkdir("ctx");
-    secret_tar(&ctx.join("secret.tar"), "built");
-    plain_tar(&ctx.join("plain.tar"));
-    build(&a, &ctx, "localhost/secret:built", &["secret.tar", "plain.tar"], None);
-    build(&a, &ctx, "localhost/plain:1", &["plain.tar"], None);
-    let reg = Registry::start();
-    let ctx2 = a.mkdir("ctx2");
-    secret_tar(&ctx2.join("secret.tar"), "pulled");
-    let scratch = a.mkdir("scratch");
-    build(&a, &ctx2, "localhost/src/pulled:1", &["secret.tar"], Some(&scratch));
-    let remote = format!("{}/rl/pulled:1", reg.addr);
-    run(&mut a.podman(&[
-        "--root",
-        scratch.to_str().unwrap(),
-        "--runroot",
-        &format!("{}-run", scratch.display()),
-        "push",
-        "-q",
-        "--tls-verify=false",
-        "--compression-format",
-        "gzip",
-        "localhost/src/pulled:1",
-        &format!("docker://{remote}"),
-    ]));
-    run(&mut a.podman(&["pull", "-q", "--tls-verify=false", &remote]));
-    run(&mut a.podman(&["tag", &remote, "localhost/pulled:1"]));
-    let ids: Vec<(String, String)> = ["localhost/secret:built", "localhost/plain:1", "localhost/pulled:1"]
-        .iter()
-        .map(|n| (n.to_string(), stdout(&mut a.podman(&["image", "inspect", "--format", "{{.Id}}", n])).trim().into()))
-        .collect();
+fn builds_files_out_of_reach_of_the_user(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // The files really are out of the user's reach outside the namespace.
     let shadow = stdout(Command::new("find").arg(a.default_store()).args(["-path", "*/etc/shadow"]));
     let shadow = shadow.lines().next().expect("etc/shadow in the store").to_string();
     assert!(!a.cmd("cat", &[&shadow]).output().unwrap().status.success(), "{shadow} is readable without the namespace");
+}
 
+fn list_and_verify_find_the_default_store(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // list/verify with the default store and storage.conf of a rootless user.
     let list = stdout(&mut a.cstor(&["list"]));
     assert!(
-        list.starts_with(&format!("store {} ({driver})", a.default_store().display())),
+        list.starts_with(&format!("store {} ({})", a.default_store().display(), r.driver)),
         "rootless default store not found:\n{list}"
     );
     assert!(list.contains("localhost/pulled") && list.contains("rewritten"), "{list}");
@@ -388,31 +394,39 @@ fn rootless(driver: &str) {
     let v = a.cstor(&["verify", "--userns", "off"]).output().unwrap();
     let text = out_text(&v);
     assert!(!v.status.success() && text.contains("Permission denied"), "verify --userns off should fail:\n{text}");
+}
 
+fn mount_notifies_ready_and_serves_every_blob(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // Mount as the user: visible in the normal mount namespace, every blob hashes right.
     // As the user unit runs it: Type=notify, so READY=1 must come from inside the namespace.
-    let mnt = a.mkdir("mnt");
+    let mnt = a.mkdir("mnt-notify");
     let sock_path = a.dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     std::os::unix::fs::chown(&sock_path, Some(a.uid), Some(a.gid)).unwrap();
     let mut cmd = a.cstor(&["-f", mnt.to_str().unwrap()]);
     cmd.env("NOTIFY_SOCKET", &sock_path);
-    let mut m = Proc::start(cmd, a.dir.path().join("mount.log"));
-    wait_mounted(&mut m, &mnt);
+    let mut m = mount_as(a, cmd, &mnt, "mount.log");
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 64];
     let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("no READY=1 from the mount: {e}\n{}", m.log()));
     assert_eq!(&buf[..n], b"READY=1\n");
-    let hashes = blob_hashes_as(&a, &mnt.join("v2"));
+    let hashes = blob_hashes_as(a, &mnt.join("v2"));
     assert!(hashes.len() >= 7, "blobs: {hashes:?}");
     for (name, sum) in &hashes {
         assert_eq!(name, sum, "blob {name} hashes to {sum}\n{}", m.log());
     }
     assert!(m.log().contains("inside a user namespace"), "{}", m.log());
-    unmount_as(&a, &mut m, &mnt);
+    m.unmount_by(a.cmd("fusermount3", &[]));
     assert!(!is_mounted(&mnt));
+}
 
+fn allow_other_needs_user_allow_other_and_lets_others_read(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // allow_other needs user_allow_other in /etc/fuse.conf.
+    let mnt = a.mkdir("mnt-allow");
     let allows = std::fs::read_to_string("/etc/fuse.conf")
         .unwrap_or_default()
         .lines()
@@ -440,11 +454,10 @@ fn rootless(driver: &str) {
     );
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-    let mut m = Proc::start(cmd, a.dir.path().join("mount-other.log"));
-    let pid = m.child.as_ref().unwrap().id();
+    let mut m = Daemon::spawn("cstor-fs -o allow_other", cmd, Some(a.dir.path().join("mount-other.log")));
+    let pid = m.pid();
     let seen = PathBuf::from(format!("/proc/{pid}/root{}", mnt_other.display()));
-    wait_for("the allow_other mount", Duration::from_secs(20), || {
-        assert!(m.exited().is_none(), "allow_other mount exited:\n{}", m.log());
+    m.wait_ready("the allow_other mount", Duration::from_secs(20), |_| {
         std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default().contains(mnt_other.to_str().unwrap())
     });
     let manifest: serde_json::Value =
@@ -455,10 +468,15 @@ fn rootless(driver: &str) {
         assert_eq!(format!("sha256:{sum}"), d, "read by another user through allow_other");
     }
     assert_eq!(m.stop().map(|st| st.success()), Some(true), "{}", m.log());
+}
 
+fn detached_mount_is_unmounted_by_its_keeper_when_the_daemon_dies(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // Detached (the default): back once live; if the daemon dies, its keeper outside the
     // namespace unmounts (fusermount3 cannot from inside).
     // (No pipes: the daemon keeps stderr when RUST_LOG is set, and output() would wait.)
+    let mnt = a.mkdir("mnt-detached");
     let st = a.cstor(&[mnt.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
     assert!(st.success() && is_mounted(&mnt), "detached mount: {st}");
     // The keeper is forked once the detached daemon runs.
@@ -471,19 +489,18 @@ fn rootless(driver: &str) {
     // SAFETY: killing the daemon this test started.
     unsafe { libc::kill(daemon, libc::SIGKILL) };
     wait_for("the keeper to unmount after the daemon died", Duration::from_secs(10), || !is_mounted(&mnt));
+}
 
+fn serve_as_the_user_gives_root_the_same_images(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // Serve as the user (its own nginx), pull and copy from it as root.
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut s = Proc::start(a.cstor(&["serve", "--listen", &addr]), a.dir.path().join("serve.log"));
-    wait_for("rootless cstor-fs serve", Duration::from_secs(60), || {
-        if let Some(st) = s.exited() {
-            panic!("cstor-fs serve exited ({st}):\n{}", s.log());
-        }
-        http_status(&format!("http://{addr}/v2/")) == 200
-    });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = Some(a.dir.path().join("serve.log"));
+    let mut s = Daemon::spawn("cstor-fs serve", a.cstor(&["serve", "--listen", &addr]), log)
+        .serving_at(&addr, Duration::from_secs(60));
     let client = MiniStore::new("vfs");
-    for (name, id) in &ids {
+    for (name, id) in &r.ids {
         let src = format!("{addr}/{name}");
         let out = client.root().join(name.replace(['/', ':'], "_"));
         std::fs::create_dir_all(&out).unwrap();
@@ -503,7 +520,11 @@ fn rootless(driver: &str) {
         assert_eq!(podman_image_id(client.root(), &src), *id, "{name}: image id after the pull");
     }
     assert_eq!(s.stop().map(|st| st.success()), Some(true), "serve:\n{}", s.log());
+}
 
+fn broken_newuidmap_gives_the_error_what_is_readable_and_eio(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // newuidmap failing after the namespace exists: the error, what the user can read,
     // EIO for the rest, and the keeper still unmounts on SIGTERM.
     let fake = a.mkdir("fakebin");
@@ -513,10 +534,10 @@ fn rootless(driver: &str) {
     let o = a.cstor(&["verify", "localhost/plain:1"]).env("PATH", &fake_path).output().unwrap();
     let text = out_text(&o);
     assert!(o.status.success() && text.contains("broken on purpose"), "{text}");
+    let mnt = a.mkdir("mnt-broken");
     let mut cmd = a.cstor(&["-f", mnt.to_str().unwrap()]);
     cmd.env("PATH", &fake_path);
-    let mut m = Proc::start(cmd, a.dir.path().join("mount-broken.log"));
-    wait_mounted(&mut m, &mnt);
+    let mut m = mount_as(a, cmd, &mnt, "mount-broken.log");
     let secret = mnt.join("v2/localhost/secret/manifests/built");
     let manifest: serde_json::Value =
         serde_json::from_slice(&run(&mut a.cmd("cat", &[secret.to_str().unwrap()])).stdout).unwrap();
@@ -526,7 +547,15 @@ fn rootless(driver: &str) {
     assert!(m.log().contains("broken on purpose") && m.log().contains("etc/shadow"), "{}", m.log());
     assert_eq!(m.stop().map(|st| st.success()), Some(true), "{}", m.log());
     assert!(!is_mounted(&mnt), "not unmounted on SIGTERM:\n{}", m.log());
+}
 
+fn store_lookup_agrees_with_podman_also_with_rootless_storage_path(driver: &'static str) {
+    need_tools();
+    // A user of its own: this test rewrites storage.conf, which the others read.
+    let a = User::new(true);
+    let conf = a.home().join(".config/containers/storage.conf");
+    std::fs::write(&conf, format!("[storage]\ndriver = \"{driver}\"\n")).unwrap();
+    std::os::unix::fs::chown(&conf, Some(a.uid), Some(a.gid)).unwrap();
     // The store lookup agrees with podman's, also with storage.conf's rootless_storage_path.
     let graphroot = || stdout(&mut a.podman(&["info", "--format", "{{.Store.GraphRoot}}"])).trim().to_string();
     assert_eq!(graphroot(), a.default_store().to_str().unwrap());
@@ -536,7 +565,11 @@ fn rootless(driver: &str) {
     assert_eq!(alt, a.home().join("alt").to_str().unwrap());
     let list = stdout(&mut a.cstor(&["list"]));
     assert!(list.starts_with(&format!("store {alt} ({driver})")), "rootless_storage_path not followed:\n{list}");
+}
 
+fn a_user_without_subordinate_ids_gets_the_error_what_is_readable_and_eio(driver: &'static str) {
+    let r = Rootless::shared(driver);
+    let a = &r.a;
     // A user without subordinate ids: the clear error, what it can read, EIO for the rest.
     let b = User::new(false);
     let store = b.dir.path().join("store");
@@ -572,8 +605,7 @@ fn rootless(driver: &str) {
     assert!(!o.status.success() && out_text(&o).contains("has no subordinate uids"), "{}", out_text(&o));
 
     let mnt = b.mkdir("mnt");
-    let mut m = Proc::start(b.cstor(&["-f", st, mnt.to_str().unwrap()]), b.dir.path().join("mount.log"));
-    wait_mounted(&mut m, &mnt);
+    let mut m = mount_as(&b, b.cstor(&["-f", st, mnt.to_str().unwrap()]), &mnt, "mount.log");
     assert!(m.log().contains("has no subordinate uids"), "{}", m.log());
     let v2 = mnt.join("v2");
     let layer_of = |name: &str, tags: &str| -> Vec<PathBuf> {
@@ -603,7 +635,7 @@ fn rootless(driver: &str) {
         "no log line names the unreadable file:\n{}",
         m.log()
     );
-    unmount_as(&b, &mut m, &mnt);
+    m.unmount_by(b.cmd("fusermount3", &[]));
 
     // userns=require makes the missing range fatal before anything is mounted.
     let o = b.cstor(&["-f", st, mnt.to_str().unwrap(), "-o", "userns=require"]).output().unwrap();
@@ -611,12 +643,26 @@ fn rootless(driver: &str) {
     assert!(!is_mounted(&mnt));
 }
 
-#[test]
-fn rootless_vfs_store() {
-    rootless("vfs");
+/// Each check above as a test of its own, once per storage driver.
+macro_rules! per_driver {
+    ($($check:ident),* $(,)?) => {
+        mod vfs {
+            $(#[test] fn $check() { super::$check("vfs") })*
+        }
+        mod overlay {
+            $(#[test] fn $check() { super::$check("overlay") })*
+        }
+    };
 }
 
-#[test]
-fn rootless_overlay_store() {
-    rootless("overlay");
-}
+per_driver!(
+    builds_files_out_of_reach_of_the_user,
+    list_and_verify_find_the_default_store,
+    mount_notifies_ready_and_serves_every_blob,
+    allow_other_needs_user_allow_other_and_lets_others_read,
+    detached_mount_is_unmounted_by_its_keeper_when_the_daemon_dies,
+    serve_as_the_user_gives_root_the_same_images,
+    broken_newuidmap_gives_the_error_what_is_readable_and_eio,
+    store_lookup_agrees_with_podman_also_with_rootless_storage_path,
+    a_user_without_subordinate_ids_gets_the_error_what_is_readable_and_eio,
+);

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::common::*;
 
-fn check_sh(s: &Serve) {
+fn check_sh(s: &Daemon) {
     let out = Command::new(repo_root().join("tests/http/check.sh"))
         .arg(s.mnt())
         .arg(s.url())
@@ -16,14 +16,14 @@ fn check_sh(s: &Serve) {
     assert!(
         out.status.success(),
         "check.sh against {} failed:\n{text}\n{}",
-        s.server,
+        s.label(),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains(" 0 failed"), "{text}");
 }
 
 /// skopeo copies by tag and by digest; every blob hashes to its name.
-pub(crate) fn skopeo_copies(s: &Serve, fx: &Fixture) {
+pub(crate) fn skopeo_copies(s: &Daemon, fx: &Fixture) {
     let tmp = TempDir::new("skopeo");
     for (name, all) in [
         ("localhost/app/web:v1", false),
@@ -32,11 +32,11 @@ pub(crate) fn skopeo_copies(s: &Serve, fx: &Fixture) {
         ("localhost/pulled/zstd:1", false),
         ("localhost/multi:1", true),
     ] {
-        let src = format!("docker://{}/{name}", s.addr);
+        let src = format!("docker://{}/{name}", s.addr());
         let inspect = stdout(&mut fx.tool("skopeo", &["inspect", "--raw", "--tls-verify=false", &src]));
         let digest = format!("sha256:{}", sha256_hex(inspect.as_bytes()));
         let repo = name.rsplit_once(':').unwrap().0;
-        let by_digest = format!("docker://{}/{repo}@{digest}", s.addr);
+        let by_digest = format!("docker://{}/{repo}@{digest}", s.addr());
         for (i, r) in [&src, &by_digest].into_iter().enumerate() {
             let out = tmp.path().join(format!("{}-{i}", repo.replace('/', "_")));
             let mut args = vec!["copy", "--quiet", "--src-tls-verify=false"];
@@ -61,11 +61,11 @@ pub(crate) fn skopeo_copies(s: &Serve, fx: &Fixture) {
 }
 
 /// podman pulls into a second private store and gets the same image id.
-pub(crate) fn podman_pull_same_id(s: &Serve, fx: &Fixture) {
+pub(crate) fn podman_pull_same_id(s: &Daemon, fx: &Fixture) {
     let dst = MiniStore::with_tools("overlay", fx.tools);
     for name in ["localhost/app/web:v1", "localhost/dockerfmt:1", "localhost/pulled/gzip:1", "localhost/pulled/zstd:1"]
     {
-        let remote = format!("{}/{name}", s.addr);
+        let remote = format!("{}/{name}", s.addr());
         run(&mut dst.tool("podman", &["pull", "-q", "--tls-verify=false", &remote]));
         let id = |mut c: Command| stdout(&mut c).trim().to_string();
         let inspect = |n| ["image", "inspect", "--format", "{{.Id}}", n];
@@ -75,7 +75,7 @@ pub(crate) fn podman_pull_same_id(s: &Serve, fx: &Fixture) {
 
 fn serve_everything(server: &'static str) {
     let fx = Fixture::shared("overlay");
-    let mut s = Serve::start(&fx.storage, server);
+    let mut s = Daemon::serve(&fx.storage, server);
     check_sh(&s);
     skopeo_copies(&s, fx);
     podman_pull_same_id(&s, fx);
@@ -83,8 +83,8 @@ fn serve_everything(server: &'static str) {
     let st = s.stop().expect("was running");
     assert!(st.success(), "{st}");
     assert!(!is_mounted(&s.mnt()), "mount left behind");
-    assert!(!s.runtime_dir.exists(), "runtime dir left behind");
-    let leftovers = Command::new("pgrep").arg("-f").arg(s.runtime_dir.to_str().unwrap()).output().unwrap();
+    assert!(!s.runtime_dir().exists(), "runtime dir left behind");
+    let leftovers = Command::new("pgrep").arg("-f").arg(s.runtime_dir().to_str().unwrap()).output().unwrap();
     assert!(leftovers.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&leftovers.stdout));
     assert_eq!(http_status(&format!("{}/v2/", s.url())), 0, "server still answering");
 }
