@@ -9,5 +9,6 @@ mod common;
 mod hardening;
 mod mount;
 mod rootless;
+mod scaleout;
 mod serve;
 mod store;
