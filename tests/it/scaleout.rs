@@ -432,3 +432,151 @@ fn caddy_has_no_cache_module() {
     let caches: Vec<_> = out.lines().filter(|l| l.contains("cache")).collect();
     assert!(caches.is_empty(), "this Caddy has cache modules: {caches:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Pull-through mirror: distribution (docker-registry) in proxy mode.
+
+/// A docker-registry from mirror/config.yml proxying `upstream`; stopped on drop.
+struct Mirror {
+    child: Option<Child>,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Mirror {
+    fn start(upstream: &str, dir: &Path) -> Mirror {
+        let bin = need("docker-registry", "docker-registry");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let storage = dir.join("mirror-data");
+        std::fs::create_dir_all(&storage).unwrap();
+        let conf = std::fs::read_to_string(repo_root().join("mirror/config.yml"))
+            .unwrap()
+            .replace("@UPSTREAM@", upstream)
+            .replace("@LISTEN@", &addr)
+            .replace("@STORAGE@", storage.to_str().unwrap());
+        assert!(!conf.contains('@'), "mirror/config.yml has a placeholder left: {conf}");
+        let file = dir.join("mirror.yml");
+        std::fs::write(&file, conf).unwrap();
+        let log = dir.join("mirror.log");
+        let out = std::fs::File::create(&log).unwrap();
+        // REGISTRY_* variables override the config file: start from a clean environment.
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&file)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut m = Mirror { child: Some(child), addr, log };
+        let url = format!("http://{}/v2/", m.addr);
+        wait_for("the mirror to answer /v2/", Duration::from_secs(20), || {
+            if let Ok(Some(st)) = m.child.as_mut().unwrap().try_wait() {
+                panic!("docker-registry exited ({st}):\n{}", std::fs::read_to_string(&m.log).unwrap());
+            }
+            http_status(&url) == 200
+        });
+        m
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(10));
+        }
+    }
+}
+
+/// A client store whose registries.conf is mirror/registries.conf for `origin` and `mirror`.
+fn mirrored_client(origin: &str, mirror: &str) -> MiniStore {
+    let client = MiniStore::new("overlay");
+    let snippet = std::fs::read_to_string(repo_root().join("mirror/registries.conf"))
+        .unwrap()
+        .replace("@ORIGIN@", origin)
+        .replace("@MIRROR@", mirror);
+    let conf = client.root().join("conf/registries.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push('\n');
+    text.push_str(&snippet);
+    std::fs::write(&conf, text).unwrap();
+    client
+}
+
+/// GET requests for exactly `path` the origin answered (HEADs not counted).
+fn origin_gets(origin: &Origin, path: &str) -> usize {
+    let log = std::fs::read_to_string(origin.dir.path().join("nginx/access.log")).unwrap_or_default();
+    let needle = format!("\"GET {path} HTTP/");
+    log.lines().filter(|l| l.starts_with("127.0.0.1 ") && l.contains(&needle)).count()
+}
+
+#[test]
+fn distribution_mirror_pulls_through_keeps_digests_with_the_origin_down_and_follows_tags() {
+    let store = scale_store();
+    let mut origin = Origin::start(&store.storage);
+    let tmp = TempDir::new("mirror");
+    let mirror = Mirror::start(&origin.url(), tmp.path());
+    let repo = "localhost/scale/app";
+    let (o, m) = (origin.url(), format!("http://{}", mirror.addr));
+    let (m1, blobs1) = manifest_and_blobs(&o, repo, "v1");
+    let (m2, _) = manifest_and_blobs(&o, repo, "v2");
+
+    // podman pulls the origin's name; registries.conf sends it to the mirror. Same image
+    // id as in the origin's store; a second client's pull is served by the mirror alone.
+    let id_v1 = podman_image_id(store.root(), &format!("{repo}:v1"));
+    let name_v1 = format!("{}/{repo}:v1", origin.addr);
+    let first = mirrored_client(&origin.addr, &mirror.addr);
+    run(&mut first.tool("podman", &["pull", "-q", &name_v1]));
+    assert_eq!(podman_image_id(first.root(), &name_v1), id_v1);
+    let mirror_log = std::fs::read_to_string(&mirror.log).unwrap();
+    assert!(mirror_log.contains(&format!("/v2/{repo}/manifests/v1")), "the pull did not go through the mirror");
+    let counts: Vec<usize> = blobs1.iter().map(|b| origin_gets(&origin, &format!("/v2/{repo}/blobs/{b}"))).collect();
+    let origin_log = || std::fs::read_to_string(origin.dir.path().join("nginx/access.log")).unwrap_or_default();
+    // distribution 2.8 fetches a missing blob twice: once streamed to the client, once
+    // in the background into its storage (proxyblobstore.go ServeBlob/storeLocal).
+    assert!(counts.iter().all(|&n| n == 2), "origin GETs per blob after the first pull: {counts:?}\n{}", origin_log());
+    let second = mirrored_client(&origin.addr, &mirror.addr);
+    run(&mut second.tool("podman", &["pull", "-q", &name_v1]));
+    assert_eq!(podman_image_id(second.root(), &name_v1), id_v1);
+    let again: Vec<usize> = blobs1.iter().map(|b| origin_gets(&origin, &format!("/v2/{repo}/blobs/{b}"))).collect();
+    assert_eq!(again, counts, "the second pull fetched blobs from the origin again");
+
+    // skopeo by digest through the mirror: every blob hashes to its name. Headers of a
+    // manifest by digest as the origin's.
+    skopeo_copy_checked(&store, &mirror.addr, &format!("{repo}@{m2}"), &tmp.path().join("sk"));
+    let a = direct(&format!("{o}/v2/{repo}/manifests/{m1}"));
+    let b = get(&format!("{m}/v2/{repo}/manifests/{m1}"));
+    assert_eq!(b.status, 200);
+    assert!(a.body == b.body);
+    for h in ["content-type", "docker-content-digest", "content-length"] {
+        assert_eq!(b.header(h), a.header(h), "mirror {h}");
+    }
+
+    // A moved tag shows at once (distribution asks the origin for every tag).
+    let (m_other, _) = manifest_and_blobs(&o, "localhost/scale/other", "v1");
+    run(&mut store.tool("podman", &["tag", "localhost/scale/other:v1", &format!("{repo}:v1")]));
+    let tag_path = format!("/v2/{repo}/manifests/v1");
+    wait_for("the origin to show the moved tag", Duration::from_secs(5), || {
+        direct(&format!("{o}{tag_path}")).header("docker-content-digest") == Some(m_other.as_str())
+    });
+    let r = get(&format!("{m}{tag_path}"));
+    assert_eq!(r.header("docker-content-digest"), Some(m_other.as_str()), "the mirror still serves the old tag");
+    let third = mirrored_client(&origin.addr, &mirror.addr);
+    run(&mut third.tool("podman", &["pull", "-q", &name_v1]));
+    assert_eq!(podman_image_id(third.root(), &name_v1), podman_image_id(store.root(), "localhost/scale/other:v1"));
+
+    // Origin down: what was pulled keeps working, by digest and by the last tag seen.
+    origin.stop();
+    let fourth = mirrored_client(&origin.addr, &mirror.addr);
+    let by_digest = format!("{}/{repo}@{m1}", origin.addr);
+    run(&mut fourth.tool("podman", &["pull", "-q", &by_digest]));
+    let id = stdout(&mut fourth.tool("podman", &["image", "inspect", "--format", "{{.Id}}", &by_digest]));
+    assert_eq!(id.trim(), id_v1);
+    let r = get(&format!("{m}{tag_path}"));
+    assert_eq!(r.status, 200, "tag with the origin down");
+    assert_eq!(r.header("docker-content-digest"), Some(m_other.as_str()));
+    let r = get(&format!("{m}/v2/{repo}/manifests/{m2}"));
+    assert_eq!(r.status, 200, "v2 was copied by skopeo through the mirror");
+}
