@@ -580,3 +580,187 @@ fn distribution_mirror_pulls_through_keeps_digests_with_the_origin_down_and_foll
     let r = get(&format!("{m}/v2/{repo}/manifests/{m2}"));
     assert_eq!(r.status, 200, "v2 was copied by skopeo through the mirror");
 }
+
+// ---------------------------------------------------------------------------------------
+// Static registry in S3-compatible object storage: `cstor-fs publish` to Ceph's radosgw.
+
+/// radosgw from tests/scaleout/radosgw.sh (a cached Debian sid root, built on first use
+/// by radosgw-root.sh); SIGTERM on drop, which also drops its mount namespace.
+struct Radosgw {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+const S3_KEY: &str = "cstor-fs-test";
+const S3_SECRET: &str = "cstor-fs-test-secret";
+
+impl Radosgw {
+    fn start() -> Radosgw {
+        need("debootstrap", "debootstrap");
+        let scripts = repo_root().join("tests/scaleout");
+        let root = stdout(&mut Command::new(scripts.join("radosgw-root.sh"))).trim().to_string();
+        let dir = TempDir::new("rgw");
+        let port = free_port();
+        let child = Command::new(scripts.join("radosgw.sh"))
+            .arg(&root)
+            .arg(dir.path().join("data"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut g = Radosgw { child: Some(child), port, dir };
+        wait_for("radosgw to answer", Duration::from_secs(60), || {
+            if let Ok(Some(st)) = g.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "radosgw exited ({st}):\n{}",
+                    std::fs::read_to_string(g.dir.path().join("stderr.log")).unwrap_or_default()
+                );
+            }
+            http_status(&format!("http://127.0.0.1:{}/", g.port)) == 200
+        });
+        g
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Radosgw {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(15));
+        }
+    }
+}
+
+/// `cstor-fs publish` with `env` (and no other AWS_* variables).
+fn publish(storage: &Path, rgw: &Radosgw, env: &[(&str, &str)], extra: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("publish").arg("--storage").arg(storage);
+    cmd.args(["--to", "s3://cstor-test", "--endpoint", &rgw.endpoint(), "--public", "--part-size", "5"]);
+    cmd.args(extra);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    stdout(&mut cmd)
+}
+
+/// `tool` run against `store`'s configuration in a private mount namespace whose
+/// /etc/hosts also names `host` as 127.0.0.1 (Go's resolver does not resolve
+/// *.localhost by itself; the machine's /etc/hosts is not touched).
+fn tool_with_host(store: &MiniStore, host: &str, tool: &str, args: &[&str]) -> Command {
+    let hosts = store.root().join("hosts");
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    text.push_str(&format!("\n127.0.0.1 {host}\n"));
+    std::fs::write(&hosts, text).unwrap();
+    let mut c = Command::new(repo_root().join("tests/fixtures/isolate.sh"));
+    c.arg("bash")
+        .arg("-c")
+        .arg(format!(
+            "mount --bind '{}' /etc/hosts && . '{}/conf/env' && exec \"$@\"",
+            hosts.display(),
+            store.root().display()
+        ))
+        .arg("tool")
+        .arg(tool)
+        .args(args);
+    c
+}
+
+#[test]
+fn publish_to_radosgw_makes_a_bucket_clients_pull_from_byte_exact() {
+    let fx = Fixture::shared("overlay");
+    let rgw = Radosgw::start();
+    let images = ["localhost/app/web:v1", "localhost/pulled/zstd:1", "localhost/dockerfmt:1", "localhost/multi:1"];
+    let keys = [("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET)];
+    let out = publish(&fx.storage, &rgw, &keys, &images);
+    for name in images {
+        assert!(out.contains(&format!("{name} sha256:")), "no progress line for {name}:\n{out}");
+    }
+    assert!(!out.contains(" 0 objects uploaded"), "{out}");
+
+    // Again, with the credentials from ~/.aws/credentials: nothing to upload.
+    let home = TempDir::new("aws");
+    std::fs::create_dir_all(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!("[default]\naws_access_key_id = {S3_KEY}\naws_secret_access_key = {S3_SECRET}\n"),
+    )
+    .unwrap();
+    let out = publish(&fx.storage, &rgw, &[("HOME", home.path().to_str().unwrap())], &images);
+    assert!(out.contains(" 0 objects uploaded (0.0 MiB)"), "the second publish uploaded:\n{out}");
+
+    // Anonymous pulls through virtual-host addressing (BUCKET.localhost:PORT).
+    let host = "cstor-test.localhost";
+    let registry = format!("{host}:{}", rgw.port);
+    let base = format!("http://{registry}");
+    assert_eq!(get(&format!("{base}/v2/")).status, 200, "GET /v2/");
+    let client = MiniStore::new("overlay");
+    let tmp = TempDir::new("s3pull");
+    for name in images {
+        let (repo, tag) = name.rsplit_once(':').unwrap();
+        let r = get(&format!("{base}/v2/{repo}/manifests/{tag}"));
+        assert_eq!(r.status, 200, "{name}");
+        let digest = format!("sha256:{}", sha256_hex(&r.body));
+        let list = String::from_utf8(get(&format!("{base}/v2/{repo}/tags/list")).body).unwrap();
+        assert!(list.contains(&format!("\"{tag}\"")), "{list}");
+        let media_type: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(r.header("content-type"), media_type["mediaType"].as_str(), "{name}: Content-Type");
+        // skopeo, by tag and by digest; every blob hashes to its name.
+        for (i, src) in
+            [format!("docker://{registry}/{name}"), format!("docker://{registry}/{repo}@{digest}")].iter().enumerate()
+        {
+            let dst = tmp.path().join(format!("{}-{i}", repo.replace('/', "_")));
+            let d = format!("dir:{}", dst.display());
+            let mut args = vec!["copy", "--quiet", "--src-tls-verify=false"];
+            if name == "localhost/multi:1" {
+                args.push("--all");
+            }
+            args.extend([src.as_str(), d.as_str()]);
+            run(&mut tool_with_host(&client, host, "skopeo", &args));
+            let mut n = 0;
+            for e in std::fs::read_dir(&dst).unwrap() {
+                let p = e.unwrap().path();
+                let f = p.file_name().unwrap().to_str().unwrap().to_string();
+                if f.len() == 64 {
+                    assert_eq!(sha256_file(&p), f, "{src}: blob {f}");
+                    n += 1;
+                }
+            }
+            assert!(n >= 2, "{src}: {n} blobs");
+        }
+        // podman: the same image id as in the store.
+        if name != "localhost/multi:1" {
+            let remote = format!("{registry}/{name}");
+            run(&mut tool_with_host(&client, host, "podman", &["pull", "-q", "--tls-verify=false", &remote]));
+            let id = stdout(&mut client.tool("podman", &["image", "inspect", "--format", "{{.Id}}", &remote]));
+            assert_eq!(id.trim(), podman_image_id(&fx.root, name), "{name}");
+        }
+    }
+
+    // Range reads at offsets > 0 of a multipart-uploaded layer give the layer's bytes.
+    let r = get(&format!("{base}/v2/localhost/app/web/manifests/v1"));
+    let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let (layer, size) = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["digest"].as_str().unwrap().to_string(), l["size"].as_u64().unwrap()))
+        .max_by_key(|(_, s)| *s)
+        .unwrap();
+    assert!(size > 3 * 5 << 20, "the largest layer ({size} bytes) is not multipart at 5 MiB parts");
+    let copy = tmp.path().join("localhost_app_web-0").join(layer.trim_start_matches("sha256:"));
+    let full = std::fs::read(&copy).unwrap();
+    for (a, b) in [(1u64, 100u64), (5 << 20, (5 << 20) + 65535), (size - 1000, size - 1)] {
+        let r = curl(&format!("{base}/v2/localhost/app/web/blobs/{layer}"), &["-H", &format!("Range: bytes={a}-{b}")]);
+        assert_eq!(r.status, 206, "range {a}-{b}");
+        assert!(r.body == full[a as usize..=b as usize], "range {a}-{b}: wrong bytes");
+    }
+}
