@@ -755,7 +755,7 @@ fn publish_to_radosgw_makes_a_bucket_clients_pull_from_byte_exact() {
         .map(|l| (l["digest"].as_str().unwrap().to_string(), l["size"].as_u64().unwrap()))
         .max_by_key(|(_, s)| *s)
         .unwrap();
-    assert!(size > 3 * 5 << 20, "the largest layer ({size} bytes) is not multipart at 5 MiB parts");
+    assert!(size > 3 * (5 << 20), "the largest layer ({size} bytes) is not multipart at 5 MiB parts");
     let copy = tmp.path().join("localhost_app_web-0").join(layer.trim_start_matches("sha256:"));
     let full = std::fs::read(&copy).unwrap();
     for (a, b) in [(1u64, 100u64), (5 << 20, (5 << 20) + 65535), (size - 1000, size - 1)] {
