@@ -736,12 +736,13 @@ fn publish_to_radosgw_makes_a_bucket_clients_pull_from_byte_exact() {
             }
             assert!(n >= 2, "{src}: {n} blobs");
         }
-        // podman: the same image id as in the store.
+        // podman, by tag and by digest: the same image id as in the store.
         if name != "localhost/multi:1" {
-            let remote = format!("{registry}/{name}");
-            run(&mut tool_with_host(&client, host, "podman", &["pull", "-q", "--tls-verify=false", &remote]));
-            let id = stdout(&mut client.tool("podman", &["image", "inspect", "--format", "{{.Id}}", &remote]));
-            assert_eq!(id.trim(), podman_image_id(&fx.root, name), "{name}");
+            for remote in [format!("{registry}/{name}"), format!("{registry}/{repo}@{digest}")] {
+                run(&mut tool_with_host(&client, host, "podman", &["pull", "-q", "--tls-verify=false", &remote]));
+                let id = stdout(&mut client.tool("podman", &["image", "inspect", "--format", "{{.Id}}", &remote]));
+                assert_eq!(id.trim(), podman_image_id(&fx.root, name), "{remote}");
+            }
         }
     }
 
@@ -763,4 +764,55 @@ fn publish_to_radosgw_makes_a_bucket_clients_pull_from_byte_exact() {
         assert_eq!(r.status, 206, "range {a}-{b}");
         assert!(r.body == full[a as usize..=b as usize], "range {a}-{b}: wrong bytes");
     }
+}
+
+/// A layer whose file changed on disk (same size, other bytes) fails the publish, and
+/// nothing is left in the bucket under its digest; the other image is published.
+#[test]
+fn publish_of_a_damaged_layer_fails_and_leaves_no_object() {
+    let store = MiniStore::new("overlay");
+    store.import("localhost/scale/good:1", &[("etc/version", b"good\n")]);
+    store.import("localhost/scale/bad:1", &[("data/big.bin", &noise(3, 7 << 20))]);
+    let mount = Mount::new(&store.storage, "");
+    let (_, blobs) = manifest_and_blobs_in(&mount, "localhost/scale/bad", "1");
+    drop(mount);
+    let mut damaged = 0;
+    for e in std::fs::read_dir(store.storage.join("overlay")).unwrap() {
+        let p = e.unwrap().path().join("diff/data/big.bin");
+        if p.exists() {
+            std::fs::write(&p, noise(4, 7 << 20)).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1);
+    let rgw = Radosgw::start();
+    let keys = [("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET)];
+    let out = publish(&store.storage, &rgw, &keys, &["localhost/scale/good:1"]);
+    assert!(out.contains("localhost/scale/good:1 sha256:"), "{out}");
+    for part_size in ["5", "64"] {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("publish").arg("--storage").arg(&store.storage);
+        cmd.args(["--to", "s3://cstor-test", "--endpoint", &rgw.endpoint(), "--part-size", part_size]);
+        cmd.arg("localhost/scale/bad:1").envs(keys.iter().copied());
+        let o = cmd.output().unwrap();
+        assert!(!o.status.success(), "publishing a damaged layer succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("big.bin"), "part size {part_size} MiB: the error does not name the damaged file: {err}");
+        let layer = &blobs[1];
+        let url = format!("{}/cstor-test/v2/localhost/scale/bad/blobs/{layer}", rgw.endpoint());
+        assert_eq!(http_status(&url), 404, "part size {part_size} MiB: {layer} is in the bucket");
+        let tag = format!("{}/cstor-test/v2/localhost/scale/bad/manifests/1", rgw.endpoint());
+        assert_eq!(http_status(&tag), 404, "the manifest of a failed image was published");
+    }
+    let good = format!("{}/cstor-test/v2/localhost/scale/good/manifests/1", rgw.endpoint());
+    assert_eq!(http_status(&good), 200);
+}
+
+/// (manifest digest, [config, layers...]) of `repo:tag` read from a mount.
+fn manifest_and_blobs_in(mount: &Mount, repo: &str, tag: &str) -> (String, Vec<String>) {
+    let bytes = std::fs::read(mount.v2().join(repo).join("manifests").join(tag)).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut blobs = vec![json["config"]["digest"].as_str().unwrap().to_string()];
+    blobs.extend(json["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+    (format!("sha256:{}", sha256_hex(&bytes)), blobs)
 }
