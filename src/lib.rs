@@ -11,6 +11,7 @@ pub mod confine;
 pub mod digest;
 pub mod fs;
 pub mod live;
+pub mod publish;
 pub mod registry;
 pub mod serve;
 pub mod store;

@@ -1,4 +1,4 @@
-//! The `cstor-fs` command: mount (the default), `list`, `verify` and `serve`.
+//! The `cstor-fs` command: mount (the default), `list`, `verify`, `serve` and `publish`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -98,6 +98,38 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         runtime_dir: Option<PathBuf>,
     },
+    /// Upload what a pull needs to S3-compatible object storage (a static registry).
+    ///
+    /// Objects go under v2/ in the bucket (blobs, manifests by digest and tag, tags/list, v2/),
+    /// so that the bucket's (virtual-host) URL, or a CDN in front of it, serves pulls.
+    /// Objects already there are skipped. Credentials and region as the AWS tools take them:
+    /// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY[/AWS_SESSION_TOKEN], AWS_PROFILE,
+    /// ~/.aws/credentials, AWS_REGION, ~/.aws/config, AWS_ENDPOINT_URL[_S3].
+    #[command(verbatim_doc_comment)]
+    Publish {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// s3://BUCKET[/PREFIX] (created if missing).
+        #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+        to: String,
+        /// S3 endpoint URL (default: AWS's for the region).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// Path-style requests (ENDPOINT/BUCKET/KEY); default for IP-address endpoints.
+        #[arg(long)]
+        path_style: bool,
+        /// Let anyone read (and list) the bucket: sets a bucket policy.
+        #[arg(long)]
+        public: bool,
+        /// Blobs uploaded at a time.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Blobs above this many MiB go up in multipart uploads with parts of this size.
+        #[arg(long, value_name = "MiB", default_value_t = 64)]
+        part_size: u64,
+        /// Names (repo:tag or repo); default: every tagged image.
+        images: Vec<String>,
+    },
     /// Stream every served blob and manifest and check it hashes to its digest.
     Verify {
         #[command(flatten)]
@@ -144,6 +176,20 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Some(Cmd::List { store }) => list(store),
         Some(Cmd::Verify { store, images }) => verify(store, &images),
+        Some(Cmd::Publish { store, to, endpoint, path_style, public, jobs, part_size, images }) => {
+            let target = to.parse::<cstor_fs::publish::Target>();
+            target.map_err(anyhow::Error::from).and_then(|target| {
+                let cfg = cstor_fs::publish::Config {
+                    target,
+                    endpoint,
+                    path_style: path_style.then_some(true),
+                    public,
+                    jobs,
+                    part_size: part_size.saturating_mul(1 << 20),
+                };
+                publish(store, &images, &cfg)
+            })
+        }
         Some(Cmd::Serve { store, listen, server, runtime_dir }) => serve(store, listen, server, runtime_dir),
         None => mount(cli.mount),
     };
@@ -258,6 +304,27 @@ fn checked_live(store: &StoreArgs) -> Result<Arc<Live>> {
     live.check_unchecked();
     live.refresh()?;
     Ok(live)
+}
+
+fn publish(store: StoreArgs, images: &[String], cfg: &cstor_fs::publish::Config) -> Result<ExitCode> {
+    let live = checked_live(&store)?;
+    let env = cstor_fs::publish::AwsEnv::from_process();
+    let started = std::time::Instant::now();
+    let c = cstor_fs::publish::publish(&live, images, cfg, &env, |line| {
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+    })
+    .with_context(|| format!("publishing to s3://{}/{}", cfg.target.bucket, cfg.target.prefix))?;
+    println!(
+        "published to s3://{}/{}: {} objects uploaded ({:.1} MiB), {} already there, {:.1}s",
+        cfg.target.bucket,
+        cfg.target.prefix,
+        c.uploaded,
+        c.uploaded_bytes as f64 / (1u64 << 20) as f64,
+        c.skipped,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list(store: StoreArgs) -> Result<ExitCode> {

@@ -10,5 +10,6 @@ mod hardening;
 mod mount;
 mod podman5;
 mod rootless;
+mod scaleout;
 mod serve;
 mod store;
