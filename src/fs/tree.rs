@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::live::View;
+use crate::registry::compressed::Codec;
 use crate::registry::Registry;
 use crate::{Digest, Id};
 
@@ -26,14 +27,24 @@ pub const ROOT: u64 = 1;
 #[derive(Debug, Clone)]
 pub enum Content {
     Bytes(Arc<[u8]>),
-    Layer { id: Id, size: u64 },
+    Layer {
+        id: Id,
+        size: u64,
+    },
+    /// A compressed layer blob from the cache (`crate::compress`).
+    Compressed {
+        layer: Id,
+        diff: Digest,
+        codec: Codec,
+        size: u64,
+    },
 }
 
 impl Content {
     pub fn size(&self) -> u64 {
         match self {
             Content::Bytes(b) => b.len() as u64,
-            Content::Layer { size, .. } => *size,
+            Content::Layer { size, .. } | Content::Compressed { size, .. } => *size,
         }
     }
 }
@@ -174,6 +185,9 @@ impl Tree {
                 let content = match &blob.source {
                     crate::registry::BlobSource::Bytes(bytes) => Content::Bytes(bytes.clone()),
                     crate::registry::BlobSource::Layer(id) => Content::Layer { id: *id, size: blob.size },
+                    crate::registry::BlobSource::Compressed { layer, diff, codec } => {
+                        Content::Compressed { layer: *layer, diff: *diff, codec: *codec, size: blob.size }
+                    }
                 };
                 b.file(blobs, &digest_name(d), content, true);
             }
