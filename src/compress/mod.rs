@@ -454,11 +454,13 @@ impl Compressor {
         match rebuilt {
             Ok(e) => {
                 lock(&self.known).insert((*diff, codec), e);
-                self.cache.evict(self.settings.max_bytes, Some(&key));
-                self.cache
+                // Opened before evicting: a blob over the whole limit is still served.
+                let f = self
+                    .cache
                     .open_checked(&key, &e, diff, codec)
-                    .map(|f| (f, e.ready))
-                    .map_err(|why| Error::Check { path: self.cache.blob_path(&key), why: why.to_string() })
+                    .map_err(|why| Error::Check { path: self.cache.blob_path(&key), why: why.to_string() });
+                self.cache.evict(self.settings.max_bytes, Some(&key));
+                f.map(|f| (f, e.ready))
             }
             Err(e) => {
                 // Not servable: take the compressed manifests naming it down.
