@@ -27,7 +27,8 @@ use cstor_fs::{userns, Digest, Id};
 /// STORE defaults to the graphroot podman would use. Mount options: allow_other,
 /// allow_root, auto_unmount, storage=DIR, driver=overlay|vfs, uid=N, gid=N,
 /// file_mode=0444, dir_mode=0555, fsname=NAME, userns=auto|require|off (a rootless
-/// store is read inside podman's user namespace); generic ones that mount(8) passes
+/// store is read inside podman's user namespace), compress=zstd|gzip[:LEVEL], cache=DIR,
+/// cache_size=SIZE (compressed delivery, cached); generic ones that mount(8) passes
 /// (rw, ro, nodev, nosuid, noauto, nofail, _netdev, x-systemd.*, ...) are accepted.
 /// Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
 #[derive(Parser, Debug)]

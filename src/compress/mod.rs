@@ -463,8 +463,11 @@ impl Compressor {
                 f.map(|f| (f, e.ready))
             }
             Err(e) => {
-                // Not servable: take the compressed manifests naming it down.
+                // Not servable: take the compressed manifests naming it down (and try
+                // again after RETRY).
                 lock(&self.known).remove(&(*diff, codec));
+                lock(&self.queued).remove(&(*diff, codec));
+                lock(&self.failed).insert((*diff, codec), Instant::now());
                 self.dirty.store(true, Ordering::Release);
                 self.report(&e);
                 Err(e)
