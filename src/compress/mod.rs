@@ -482,10 +482,19 @@ impl Compressor {
         let Some(want) = want else {
             return Err(Error::Gone(format!("no compressed ({}) blob of {diff} is ready", codec.name())));
         };
+        // The file as it is now (not the stamp): `verify` reads everything.
         let path = self.cache.blob_path(&self.key(diff, codec));
         let f = File::open(&path).map_err(|e| Error::Check { path: path.clone(), why: e.to_string() })?;
-        let got = cache::check_file(&f, diff, codec).map_err(|why| Error::Check { path, why })?;
-        let _ = want;
+        let got = cache::check_file(&f, diff, codec).map_err(|why| Error::Check { path: path.clone(), why })?;
+        if got != want.ready {
+            log::warn!(
+                "{}: holds {} ({} bytes), published as {}",
+                path.display(),
+                got.digest,
+                got.size,
+                want.ready.digest
+            );
+        }
         Ok((got.digest, got.size))
     }
 }
