@@ -78,7 +78,7 @@ unset STORAGE_DRIVER STORAGE_OPTS
 
 say "building a ${MB} MB layer from /usr"
 find /usr/share /usr/lib -xdev -type f -size -8M -printf '%s %p\n' 2>/dev/null | sort -k2 |
-  awk -v max=$((MB << 20)) '{ s += $1; sub(/^[0-9]+ \//, ""); if (s > max) exit; print }' >"$ROOT/paths.txt"
+  awk -v max=$((MB << 20)) '{ s += $1; sub(/^[0-9]+ \//, ""); if (s <= max) print }' >"$ROOT/paths.txt"
 tar -C / -cf "$ROOT/layer.tar" --files-from="$ROOT/paths.txt" 2>/dev/null || true
 podman import --quiet "$ROOT/layer.tar" $IMG >/dev/null
 rm -f "$ROOT/layer.tar"
@@ -103,8 +103,9 @@ if ip netns exec "$NS_S" tc qdisc add dev csb-s$$ root handle 1: netem delay ${D
 fi
 
 shape() { # rate
+  local rate=$1
   for pair in "$NS_S csb-s$$" "$NS_C csb-c$$"; do
-    set -- $pair "$1"
+    set -- $pair "$rate"
     ip netns exec "$1" tc qdisc del dev "$2" root 2>/dev/null || true
     if [ $netem = 1 ]; then
       ip netns exec "$1" tc qdisc add dev "$2" root handle 1: netem delay ${DELAY_MS}ms
@@ -144,14 +145,14 @@ layer_type() {
     http://$ADDR:$PORT/v2/localhost/bench/usr/manifests/1 | jq -r '.layers[0].mediaType'
 }
 now() { date +%s.%N; }
-pull() { # -> seconds; also sets PULLED (bytes of the layer blob on the wire)
+pull() { # -> seconds; the layer bytes on the wire go to $ROOT/pulled-bytes
   local d=$ROOT/pull t0 t1
   rm -rf "$d"
   t0=$(now)
   ip netns exec "$NS_C" skopeo copy --quiet --src-tls-verify=false \
     docker://$ADDR:$PORT/$IMG "dir:$d" >/dev/null
   t1=$(now)
-  PULLED=$(jq '[.layers[].size] | add' "$d/manifest.json")
+  jq '[.layers[].size] | add' "$d/manifest.json" >"$ROOT/pulled-bytes"
   rm -rf "$d"
   echo "$t1 - $t0" | bc -l
 }
@@ -165,7 +166,7 @@ for rate in 1gbit 100mbit; do
   start_serve
   u=""
   for _ in $(seq "$REPS"); do u="$u $(pull)"; done
-  R[$rate.u]=$u R[$rate.u_bytes]=$PULLED
+  R[$rate.u]=$u R[$rate.u_bytes]=$(cat "$ROOT/pulled-bytes")
   stop_serve
   say "$rate: zstd, cold cache"
   cold="" comp="" hwm=""
@@ -186,7 +187,7 @@ for rate in 1gbit 100mbit; do
   while [ "$(layer_type)" != application/vnd.oci.image.layer.v1.tar+zstd ]; do sleep 0.05; done
   w=""
   for _ in $(seq "$REPS"); do w="$w $(pull)"; done
-  R[$rate.w]=$w R[$rate.z_bytes]=$PULLED
+  R[$rate.w]=$w R[$rate.z_bytes]=$(cat "$ROOT/pulled-bytes")
   stop_serve
 done
 
