@@ -45,7 +45,7 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    fn of(f: &File) -> io::Result<Stamp> {
+    pub fn of(f: &File) -> io::Result<Stamp> {
         let m = f.metadata()?;
         Ok(Stamp {
             dev: m.dev(),

@@ -435,7 +435,16 @@ impl Compressor {
         };
         let key = self.key(diff, codec);
         match self.cache.open_checked(&key, &want, diff, codec) {
-            Ok(f) => return Ok((f, want.ready)),
+            Ok(f) => {
+                // Checked in full if the stamp changed (another mount rebuilt it): keep
+                // the new stamp, so the next open is cheap again.
+                if let Ok(stamp) = cache::Stamp::of(&f) {
+                    if stamp != want.stamp {
+                        lock(&self.known).insert((*diff, codec), Entry { ready: want.ready, stamp });
+                    }
+                }
+                return Ok((f, want.ready));
+            }
             Err(why) => log::warn!("{why}: rebuilding it"),
         }
         let rebuilt = self.build(&key, layer, diff, codec).and_then(|e| {

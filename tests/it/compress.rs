@@ -543,3 +543,31 @@ fn a_read_only_or_full_cache_serves_uncompressed_with_a_log_line() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn two_mounts_share_one_cache_and_build_concurrently_without_harm() {
+    let fx = Fixture::shared("overlay");
+    let cache = TempDir::new("ccache");
+    let dir = cache.path().join("c");
+    let opts = format!("compress=zstd,cache={}", dir.display());
+    // Started together, both build the same entries at the same time.
+    let a = CMount::start(&fx.storage, &opts);
+    let b = CMount::start(&fx.storage, &opts);
+    let (ta, tb) = (settled(&a), settled(&b));
+    assert_eq!(ta, tb, "both mounts serve the same digests");
+    for m in [&a, &b] {
+        let log = log_text(&m.log);
+        assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+        let (_, web) = manifest(&m.v2(), "localhost/app/web", "v1");
+        for l in web["layers"].as_array().unwrap() {
+            let d = l["digest"].as_str().unwrap();
+            assert_eq!(format!("sha256:{}", sha256_file(&m.v2().join("localhost/app/web/blobs").join(d))), d);
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.join("v1"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
