@@ -190,7 +190,7 @@ impl Shared {
                 }
                 Handle::Layer { reader: BlobReader::new(blob), path: node.path.clone() }
             }
-            Content::Compressed { layer, diff, codec, size } => {
+            Content::Compressed(tree::CompressedBlob { layer, diff, codec, size }) => {
                 let c = self.live.compressor().ok_or(Errno::EIO)?;
                 let (file, ready) = c.open(layer, diff, *codec).map_err(|e| {
                     log::error!("{}: cannot open: {e}", node.path);

@@ -27,24 +27,24 @@ pub const ROOT: u64 = 1;
 #[derive(Debug, Clone)]
 pub enum Content {
     Bytes(Arc<[u8]>),
-    Layer {
-        id: Id,
-        size: u64,
-    },
-    /// A compressed layer blob from the cache (`crate::compress`).
-    Compressed {
-        layer: Id,
-        diff: Digest,
-        codec: Codec,
-        size: u64,
-    },
+    Layer { id: Id, size: u64 },
+    Compressed(CompressedBlob),
+}
+
+/// A compressed layer blob from the cache (`crate::compress`).
+#[derive(Debug, Clone)]
+pub struct CompressedBlob {
+    pub layer: Id,
+    pub diff: Digest,
+    pub codec: Codec,
+    pub size: u64,
 }
 
 impl Content {
     pub fn size(&self) -> u64 {
         match self {
             Content::Bytes(b) => b.len() as u64,
-            Content::Layer { size, .. } | Content::Compressed { size, .. } => *size,
+            Content::Layer { size, .. } | Content::Compressed(CompressedBlob { size, .. }) => *size,
         }
     }
 }
@@ -186,7 +186,12 @@ impl Tree {
                     crate::registry::BlobSource::Bytes(bytes) => Content::Bytes(bytes.clone()),
                     crate::registry::BlobSource::Layer(id) => Content::Layer { id: *id, size: blob.size },
                     crate::registry::BlobSource::Compressed { layer, diff, codec } => {
-                        Content::Compressed { layer: *layer, diff: *diff, codec: *codec, size: blob.size }
+                        Content::Compressed(CompressedBlob {
+                            layer: *layer,
+                            diff: *diff,
+                            codec: *codec,
+                            size: blob.size,
+                        })
                     }
                 };
                 b.file(blobs, &digest_name(d), content, true);
