@@ -5,8 +5,10 @@
 //! files into a random-access [`tarsplit::LayerBlob`]; [`registry`] is a pure
 //! model of repositories, tags, manifests and blobs built from a snapshot; [`fs`]
 //! presents that model through FUSE; [`userns`] lets a rootless store be read with
-//! the rights of podman's user namespace. The binary (`main.rs`) is glue.
+//! the rights of podman's user namespace; [`compress`] builds and caches compressed
+//! layer blobs for the opt-in compressed delivery. The binary (`main.rs`) is glue.
 
+pub mod compress;
 pub mod confine;
 pub mod digest;
 pub mod fs;

@@ -4,16 +4,19 @@
 //! (a snapshot plus the registry model built from it), swapped atomically by
 //! [`Live::refresh`]. Readers take an `Arc<View>` and keep using it even while a newer
 //! one is published. Full layer checks (parse the tar-split, compare the rebuilt size
-//! with `diff-size`) are recorded here and fed into the next model.
+//! with `diff-size`) are recorded here and fed into the next model. With compressed
+//! delivery on, each new model also gets the compressed manifests whose blobs the
+//! [`Compressor`] has ready, and a blob becoming ready republishes.
 
 use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::compress::Compressor;
 use crate::registry::{LayerChecks, Registry};
 use crate::store::{self, Snapshot, Store};
 use crate::tarsplit::toc::Objects;
@@ -43,6 +46,8 @@ pub struct Live {
     refresh_lock: Mutex<()>,
     /// Parsed tables of contents of the composefs layers read last.
     objects: Mutex<Vec<(Id, Arc<Objects>)>>,
+    /// Compressed delivery, when asked for (`compress=`).
+    compressor: OnceLock<Arc<Compressor>>,
 }
 
 impl Live {
@@ -61,6 +66,7 @@ impl Live {
             checks_dirty: AtomicBool::new(false),
             refresh_lock: Mutex::new(()),
             objects: Mutex::default(),
+            compressor: OnceLock::new(),
         };
         live.publish(snapshot);
         Ok(live)
@@ -74,6 +80,18 @@ impl Live {
         &self.cache
     }
 
+    /// Turns on compressed delivery: every view from the next refresh on also names
+    /// the compressed blobs that are ready.
+    pub fn set_compressor(self: &Arc<Self>, c: Arc<Compressor>) {
+        c.attach(Arc::downgrade(self));
+        let _ = self.compressor.set(c);
+        self.checks_dirty.store(true, Ordering::Release);
+    }
+
+    pub fn compressor(&self) -> Option<&Arc<Compressor>> {
+        self.compressor.get()
+    }
+
     /// The current view.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
@@ -83,7 +101,8 @@ impl Live {
     /// Returns the new view if one was published.
     pub fn refresh(&self) -> Result<Option<Arc<View>>, store::Error> {
         let _one = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let dirty = self.checks_dirty.swap(false, Ordering::AcqRel);
+        let compressed = self.compressor.get().is_some_and(|c| c.take_dirty());
+        let dirty = self.checks_dirty.swap(false, Ordering::AcqRel) | compressed;
         if !dirty && self.store.token() == self.view().snapshot.token {
             return Ok(None);
         }
@@ -100,12 +119,18 @@ impl Live {
                 let _ = self.check_layer(&snapshot, &id);
             }
         }
-        let registry = {
+        let mut registry = {
             let checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
             Registry::build(&snapshot, &checks)
         };
+        if let Some(c) = self.compressor.get() {
+            c.apply(&mut registry);
+        }
         let view = Arc::new(View { snapshot, registry, built: SystemTime::now() });
         self.view.store(view.clone());
+        if let Some(c) = self.compressor.get() {
+            c.want(&view);
+        }
         view
     }
 

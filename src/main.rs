@@ -11,8 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sha2::Digest as _;
 
+use cstor_fs::compress::{self, Compressor};
 use cstor_fs::fs::{MountConfig, MountOptions};
 use cstor_fs::live::{Live, DEFAULT_INDEX_BUDGET};
+use cstor_fs::registry::compressed as compress_codec;
 use cstor_fs::registry::{BlobSource, Registry};
 use cstor_fs::store::{self, config, Store};
 use cstor_fs::tarsplit::BlobReader;
@@ -25,7 +27,8 @@ use cstor_fs::{userns, Digest, Id};
 /// STORE defaults to the graphroot podman would use. Mount options: allow_other,
 /// allow_root, auto_unmount, storage=DIR, driver=overlay|vfs, uid=N, gid=N,
 /// file_mode=0444, dir_mode=0555, fsname=NAME, userns=auto|require|off (a rootless
-/// store is read inside podman's user namespace); generic ones that mount(8) passes
+/// store is read inside podman's user namespace), compress=zstd|gzip[:LEVEL], cache=DIR,
+/// cache_size=SIZE (compressed delivery, cached); generic ones that mount(8) passes
 /// (rw, ro, nodev, nosuid, noauto, nofail, _netdev, x-systemd.*, ...) are accepted.
 /// Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
 #[derive(Parser, Debug)]
@@ -76,17 +79,56 @@ struct StoreArgs {
     userns: userns::Policy,
 }
 
+/// Compressed delivery (off unless --compress is given).
+#[derive(Args, Debug, Clone, Default)]
+struct CompressArgs {
+    /// Serve compressed layers: zstd or gzip, optionally with a level (zstd:19, gzip:9).
+    /// Docker-format images always get gzip. Built in the background and cached.
+    #[arg(long, value_name = "zstd|gzip[:LEVEL]")]
+    compress: Option<compress::Spec>,
+    /// Cache of compressed blobs (default: /var/cache/cstor-fs for root,
+    /// $XDG_CACHE_HOME/cstor-fs otherwise); shared by every mount.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Size limit of the cache (K, M, G, T suffixes); least recently used entries go first.
+    #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
+    cache_size: Option<u64>,
+}
+
+impl CompressArgs {
+    fn settings(&self) -> Option<compress::Settings> {
+        let spec = self.compress?;
+        let dir = self.cache.clone().unwrap_or_else(compress::default_cache_dir);
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        Some(compress::Settings { spec, dir, max_bytes: self.cache_size.unwrap_or(compress::DEFAULT_CACHE_SIZE) })
+    }
+}
+
+/// Turns compressed delivery on for `live` if asked for.
+fn attach_compressor(live: &Arc<Live>, args: &CompressArgs) -> Result<Option<Arc<Compressor>>> {
+    let Some(settings) = args.settings() else { return Ok(None) };
+    let store = live.store();
+    let dirs: Vec<PathBuf> = store.origins().into_iter().map(|o| store.root(o).to_path_buf()).collect();
+    let c = Arc::new(Compressor::new(settings, &dirs).map_err(anyhow::Error::msg)?);
+    live.set_compressor(c.clone());
+    Ok(Some(c))
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Print repositories, tags, manifests and blobs, and what was left out and why.
     List {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        compress: CompressArgs,
     },
     /// Mount the store privately and serve it with nginx (or Caddy) as a registry.
     Serve {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        compress: CompressArgs,
         /// Address to listen on; serving beyond localhost is an explicit choice.
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: std::net::SocketAddr,
@@ -134,6 +176,8 @@ enum Cmd {
     Verify {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        compress: CompressArgs,
         /// Names (repo:tag, repo), image ids or id prefixes; default: everything.
         images: Vec<String>,
     },
@@ -174,8 +218,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser=warn")).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Some(Cmd::List { store }) => list(store),
-        Some(Cmd::Verify { store, images }) => verify(store, &images),
+        Some(Cmd::List { store, compress }) => list(store, &compress),
+        Some(Cmd::Verify { store, compress, images }) => verify(store, &compress, &images),
         Some(Cmd::Publish { store, to, endpoint, path_style, public, jobs, part_size, images }) => {
             let target = to.parse::<cstor_fs::publish::Target>();
             target.map_err(anyhow::Error::from).and_then(|target| {
@@ -190,7 +234,9 @@ fn main() -> ExitCode {
                 publish(store, &images, &cfg)
             })
         }
-        Some(Cmd::Serve { store, listen, server, runtime_dir }) => serve(store, listen, server, runtime_dir),
+        Some(Cmd::Serve { store, compress, listen, server, runtime_dir }) => {
+            serve(store, &compress, listen, server, runtime_dir)
+        }
         None => mount(cli.mount),
     };
     match r {
@@ -215,6 +261,12 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
         _ => bail!("usage: cstor-fs [OPTIONS] [STORE] MOUNTPOINT [-o OPT,...] (see --help)"),
     };
     let live = open_live(storage, options.driver.as_deref())?;
+    let compress =
+        CompressArgs { compress: options.compress, cache: options.cache.clone(), cache_size: options.cache_size };
+    if let Some(c) = attach_compressor(&live, &compress)? {
+        let s = c.settings();
+        log::info!("compressed delivery: {} into {} (at most {} bytes)", s.spec, s.dir.display(), s.max_bytes);
+    }
     let fsname = live.store().location().graphroot.display().to_string();
     let userns = userns_plan(options.userns, &live.store().location().graphroot)?;
     let view = live.view();
@@ -239,6 +291,7 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
 
 fn serve(
     store: StoreArgs,
+    compress: &CompressArgs,
     listen: std::net::SocketAddr,
     server: ServerArg,
     runtime_dir: Option<PathBuf>,
@@ -251,12 +304,16 @@ fn serve(
     let tagged =
         || view.registry.repos.iter().filter_map(|(r, repo)| repo.tags.keys().next().map(|t| format!("{r}:{t}")));
     let example = tagged().find(|r| r.starts_with("localhost/")).or_else(|| tagged().next());
+    let mut opts = format!("driver={},userns={}", loc.driver.name(), store.userns.name());
+    if let Some(s) = compress.settings() {
+        let dir = s.dir.to_string_lossy();
+        if dir.contains(',') {
+            bail!("the cache directory {dir} has a comma, which mount options cannot carry");
+        }
+        opts.push_str(&format!(",compress={},cache={dir},cache_size={}", s.spec, s.max_bytes));
+    }
     let cfg = cstor_fs::serve::ServeConfig {
-        mount_args: vec![
-            loc.graphroot.to_string_lossy().to_string(),
-            "-o".into(),
-            format!("driver={},userns={}", loc.driver.name(), store.userns.name()),
-        ],
+        mount_args: vec![loc.graphroot.to_string_lossy().to_string(), "-o".into(), opts],
         listen,
         server: match server {
             ServerArg::Nginx => cstor_fs::serve::Server::Nginx,
@@ -285,7 +342,7 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn checked_live(store: &StoreArgs) -> Result<Arc<Live>> {
+fn checked_live(store: &StoreArgs, compress: &CompressArgs) -> Result<Arc<Live>> {
     let live = open_live(store.storage.clone(), store.driver.as_deref())?;
     // Payloads are read below (verify), so enter the namespace now, still single-threaded.
     if let Some(plan) = userns_plan(store.userns, &live.store().location().graphroot)? {
@@ -303,11 +360,16 @@ fn checked_live(store: &StoreArgs) -> Result<Arc<Live>> {
     // Full checks first, so size mismatches show as exclusions.
     live.check_unchecked();
     live.refresh()?;
+    // What the compression cache holds for what is served (nothing is built here).
+    if let Some(c) = attach_compressor(&live, compress)? {
+        c.scan(&live.view());
+        live.refresh()?;
+    }
     Ok(live)
 }
 
 fn publish(store: StoreArgs, images: &[String], cfg: &cstor_fs::publish::Config) -> Result<ExitCode> {
-    let live = checked_live(&store)?;
+    let live = checked_live(&store, &CompressArgs::default())?;
     let env = cstor_fs::publish::AwsEnv::from_process();
     let started = std::time::Instant::now();
     let c = cstor_fs::publish::publish(&live, images, cfg, &env, |line| {
@@ -327,8 +389,12 @@ fn publish(store: StoreArgs, images: &[String], cfg: &cstor_fs::publish::Config)
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(store: StoreArgs) -> Result<ExitCode> {
-    let live = checked_live(&store)?;
+fn list(store: StoreArgs, compress: &CompressArgs) -> Result<ExitCode> {
+    let live = checked_live(&store, compress)?;
+    let wanted: Vec<(Digest, compress_codec::Codec)> = match live.compressor() {
+        Some(c) => compress_codec::wanted(&live.view().registry, c.settings().spec.codec),
+        None => Vec::new(),
+    };
     let view = live.view();
     let reg = &view.registry;
     let mut out = std::io::stdout().lock();
@@ -352,10 +418,23 @@ fn list(store: StoreArgs) -> Result<ExitCode> {
         }
         for d in &repo.blobs {
             let b = &reg.blobs[d];
-            let what = match &b.source {
+            let mut what = match &b.source {
                 BlobSource::Bytes(_) => "config".to_string(),
                 BlobSource::Layer(id) => format!("layer {}", id.short()),
+                BlobSource::Compressed { layer, diff, codec } => {
+                    format!("{} of layer {} ({diff})", codec.name(), layer.short())
+                }
             };
+            if let (Some(c), BlobSource::Layer(_)) = (live.compressor(), &b.source) {
+                for (_, codec) in wanted.iter().filter(|(w, _)| w == d) {
+                    match c.status(d, *codec) {
+                        compress::Status::Ready(r) => {
+                            what.push_str(&format!(", {}: {} bytes, ready", codec.name(), r.size))
+                        }
+                        compress::Status::NotBuilt => what.push_str(&format!(", {}: not built", codec.name())),
+                    }
+                }
+            }
             writeln!(out, "  blob {d} {} bytes, {what}", b.size)?;
         }
     }
@@ -431,8 +510,8 @@ fn selected(reg: &Registry, images: &[String]) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
-fn verify(store: StoreArgs, images: &[String]) -> Result<ExitCode> {
-    let live = checked_live(&store)?;
+fn verify(store: StoreArgs, compress: &CompressArgs, images: &[String]) -> Result<ExitCode> {
+    let live = checked_live(&store, compress)?;
     let view = live.view();
     let reg = &view.registry;
     let manifests = selected(reg, images)?;
@@ -458,6 +537,11 @@ fn verify(store: StoreArgs, images: &[String]) -> Result<ExitCode> {
         let started = std::time::Instant::now();
         let result = match &b.source {
             BlobSource::Bytes(bytes) => Ok((Digest::of(bytes), bytes.len() as u64)),
+            // Hashed, and decompressed to the layer's digest.
+            BlobSource::Compressed { diff, codec, .. } => match live.compressor() {
+                Some(c) => c.verify(diff, *codec).map_err(|e| std::io::Error::other(e.to_string())),
+                None => Err(std::io::Error::other("compressed blob without a compressor")),
+            },
             BlobSource::Layer(id) => live.open_layer(&view, id).and_then(|blob| {
                 let r = BlobReader::new(blob);
                 let mut h = sha2::Sha256::new();

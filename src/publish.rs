@@ -52,6 +52,8 @@ pub enum Error {
     Mismatch { key: String, got: Digest },
     #[error("{0}: no such image is served (see `cstor-fs list`)")]
     NoSuchImage(String),
+    #[error("{0}: a compressed blob; publish uploads the uncompressed model only")]
+    Compressed(Digest),
 }
 
 /// `s3://BUCKET[/PREFIX]`.
@@ -448,6 +450,8 @@ impl Publisher<'_> {
                     .open_layer(self.view, id)
                     .map_err(|source| Error::Io { what: format!("opening layer {id} for {digest}"), source })?,
             )),
+            // publish builds its view without a compressor, so this never occurs.
+            BlobSource::Compressed { .. } => return Err(Error::Compressed(*digest)),
         };
         let mut s = BlobStream { source, off: 0, size: blob.size, hash: sha2::Sha256::new() };
         let c = &self.client;

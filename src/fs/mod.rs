@@ -58,7 +58,15 @@ thread_local! {
 
 enum Handle {
     Bytes(Arc<[u8]>),
-    Layer { reader: BlobReader, path: String },
+    Layer {
+        reader: BlobReader,
+        path: String,
+    },
+    /// A checked compressed blob from the cache (held open: eviction cannot cut it short).
+    File {
+        file: std::fs::File,
+        path: String,
+    },
 }
 
 /// State shared by the FUSE threads and the refresh loop.
@@ -182,6 +190,18 @@ impl Shared {
                 }
                 Handle::Layer { reader: BlobReader::new(blob), path: node.path.clone() }
             }
+            Content::Compressed(tree::CompressedBlob { layer, diff, codec, size }) => {
+                let c = self.live.compressor().ok_or(Errno::EIO)?;
+                let (file, ready) = c.open(layer, diff, *codec).map_err(|e| {
+                    log::error!("{}: cannot open: {e}", node.path);
+                    Errno::EIO
+                })?;
+                if ready.size != *size {
+                    log::error!("{}: compressed blob is {} bytes, expected {size}", node.path, ready.size);
+                    return Err(Errno::EIO);
+                }
+                Handle::File { file, path: node.path.clone() }
+            }
         };
         Ok((handle, node.immutable))
     }
@@ -267,6 +287,25 @@ impl Filesystem for CstorFs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 reply.data(&b[start..end]);
             }
+            Some(Handle::File { file, path }) => READ_BUF.with_borrow_mut(|buf| {
+                use std::os::unix::fs::FileExt;
+                if buf.len() < size as usize {
+                    buf.resize(size as usize, 0);
+                }
+                let mut n = 0;
+                while n < size as usize {
+                    match file.read_at(&mut buf[n..size as usize], offset + n as u64) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            log::error!("{path}: read at {offset}: {e}");
+                            return reply.error(Errno::EIO);
+                        }
+                    }
+                }
+                reply.data(&buf[..n]);
+            }),
             Some(Handle::Layer { reader, path }) => READ_BUF.with_borrow_mut(|buf| {
                 // Reused per thread, never cleared: only the bytes just read are sent.
                 if buf.len() < size as usize {

@@ -128,6 +128,9 @@ pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     let poll = cfg.poll;
     let s = shared.clone();
     std::thread::Builder::new().name("refresh".into()).spawn(move || refresh_loop(&s, &notifier, poll))?;
+    if let Some(c) = live.compressor() {
+        c.start()?;
+    }
     let h = live.clone();
     std::thread::Builder::new().name("check".into()).spawn(move || loop {
         if h.check_unchecked() == 0 {

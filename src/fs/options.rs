@@ -19,6 +19,10 @@ pub struct MountOptions {
     pub fsname: Option<String>,
     /// Whether to read a rootless store inside its user namespace (`userns=`).
     pub userns: crate::userns::Policy,
+    /// Compressed delivery (`compress=zstd|gzip[:LEVEL]`, `cache=DIR`, `cache_size=SIZE`).
+    pub compress: Option<crate::compress::Spec>,
+    pub cache: Option<PathBuf>,
+    pub cache_size: Option<u64>,
 }
 
 /// Options mount(8) and systemd pass that mean nothing to a read-only FUSE daemon.
@@ -86,6 +90,9 @@ impl MountOptions {
                     "dir_mode" => o.dir_mode = Some(mode(num(8)?, opt)?),
                     "fsname" => o.fsname = Some(need()?.to_string()),
                     "userns" => o.userns = need()?.parse()?,
+                    "compress" => o.compress = Some(need()?.parse()?),
+                    "cache" => o.cache = Some(PathBuf::from(need()?)),
+                    "cache_size" => o.cache_size = Some(crate::compress::parse_size(need()?)?),
                     // subtype is fixed; mount.fuse may pass it.
                     "subtype" => {}
                     k if IGNORED.contains(&k) || k.starts_with("x-") || k.starts_with("comment=") => {}
@@ -133,6 +140,11 @@ mod tests {
         assert_eq!((o.file_mode, o.dir_mode, o.driver.as_deref()), (Some(0o440), Some(0o550), Some("vfs")));
         assert_eq!(MountOptions::parse(["userns=off"]).unwrap().userns, crate::userns::Policy::Off);
         assert!(MountOptions::parse(["userns=maybe"]).is_err());
+        let o = MountOptions::parse(["compress=zstd:5,cache=/c,cache_size=2G"]).unwrap();
+        assert_eq!(o.compress.map(|s| s.to_string()).as_deref(), Some("zstd:5"));
+        assert_eq!((o.cache.as_deref(), o.cache_size), (Some(std::path::Path::new("/c")), Some(2 << 30)));
+        assert!(MountOptions::parse(["compress=lz4"]).is_err());
+        assert!(MountOptions::parse(["cache_size=lots"]).is_err());
         assert!(MountOptions::parse(["bogus"]).unwrap_err().contains("bogus"));
         assert!(MountOptions::parse(["uid=x"]).is_err());
         assert!(MountOptions::parse(["storage"]).is_err());

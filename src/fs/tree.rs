@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::live::View;
+use crate::registry::compressed::Codec;
 use crate::registry::Registry;
 use crate::{Digest, Id};
 
@@ -27,13 +28,23 @@ pub const ROOT: u64 = 1;
 pub enum Content {
     Bytes(Arc<[u8]>),
     Layer { id: Id, size: u64 },
+    Compressed(CompressedBlob),
+}
+
+/// A compressed layer blob from the cache (`crate::compress`).
+#[derive(Debug, Clone)]
+pub struct CompressedBlob {
+    pub layer: Id,
+    pub diff: Digest,
+    pub codec: Codec,
+    pub size: u64,
 }
 
 impl Content {
     pub fn size(&self) -> u64 {
         match self {
             Content::Bytes(b) => b.len() as u64,
-            Content::Layer { size, .. } => *size,
+            Content::Layer { size, .. } | Content::Compressed(CompressedBlob { size, .. }) => *size,
         }
     }
 }
@@ -174,6 +185,14 @@ impl Tree {
                 let content = match &blob.source {
                     crate::registry::BlobSource::Bytes(bytes) => Content::Bytes(bytes.clone()),
                     crate::registry::BlobSource::Layer(id) => Content::Layer { id: *id, size: blob.size },
+                    crate::registry::BlobSource::Compressed { layer, diff, codec } => {
+                        Content::Compressed(CompressedBlob {
+                            layer: *layer,
+                            diff: *diff,
+                            codec: *codec,
+                            size: blob.size,
+                        })
+                    }
                 };
                 b.file(blobs, &digest_name(d), content, true);
             }

@@ -11,6 +11,7 @@
 //! listed in [`Registry::excluded`] with the reason. This module does no I/O and knows
 //! nothing of FUSE.
 
+pub mod compressed;
 pub mod manifest;
 pub mod reference;
 
@@ -55,6 +56,9 @@ pub enum BlobSource {
     Bytes(Arc<[u8]>),
     /// The uncompressed tar of a layer, rebuilt on demand.
     Layer(Id),
+    /// A compressed form of the layer `diff` (its uncompressed digest), built and cached
+    /// by [`crate::compress`] ([`compressed::apply`] adds these).
+    Compressed { layer: Id, diff: Digest, codec: compressed::Codec },
 }
 
 #[derive(Debug, Clone)]

@@ -161,7 +161,7 @@ fn host_arch() -> &'static str {
 // containerd
 
 /// A private containerd: config, root, state, opt dir and sockets in a TempDir.
-struct Containerd {
+pub(crate) struct Containerd {
     proc: Daemon,
     sock: PathBuf,
     log: PathBuf,
@@ -170,7 +170,7 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(tag: &str) -> Containerd {
+    pub(crate) fn start(tag: &str) -> Containerd {
         let bin = need("containerd", "Debian package containerd");
         let ctr = need("ctr", "Debian package containerd");
         let dir = TempDir::new(tag);
@@ -218,12 +218,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         cmd
     }
 
-    fn ctr_out(&self, args: &[&str]) -> String {
+    pub(crate) fn ctr_out(&self, args: &[&str]) -> String {
         stdout_or_panic(&mut self.ctr(args), &format!("ctr {args:?}"), &self.log)
     }
 
     /// Stops containerd; returns what had to be cleaned up besides it.
-    fn stop(&mut self) -> Vec<String> {
+    pub(crate) fn stop(&mut self) -> Vec<String> {
         self.proc.stop();
         sweep(self.dir.path())
     }
@@ -357,7 +357,7 @@ const DOCKER_SIDE_EFFECTS: [&str; 6] = [
 
 /// A private dockerd (vfs, no networking, no iptables) in its own mount namespace, with
 /// its own containerd (dockerd's managed one would create /opt/containerd).
-struct Dockerd {
+pub(crate) struct Dockerd {
     proc: Daemon,
     sock: PathBuf,
     log: PathBuf,
@@ -368,7 +368,7 @@ struct Dockerd {
 }
 
 impl Dockerd {
-    fn start(insecure_registry: &str) -> Dockerd {
+    pub(crate) fn start(insecure_registry: &str) -> Dockerd {
         let bin = need("dockerd", "Debian package docker.io");
         // The CLI of the same release when there is one; a newer one negotiates down.
         let docker = match Path::new("/usr/bin/docker") {
@@ -427,12 +427,12 @@ impl Dockerd {
         cmd
     }
 
-    fn docker_out(&self, args: &[&str]) -> String {
+    pub(crate) fn docker_out(&self, args: &[&str]) -> String {
         stdout_or_panic(&mut self.docker(args), &format!("docker {args:?}"), &self.log)
     }
 
     /// Stops dockerd and its containerd; returns what had to be cleaned up besides them.
-    fn stop(&mut self) -> Vec<String> {
+    pub(crate) fn stop(&mut self) -> Vec<String> {
         self.proc.stop();
         let mut left = sweep(self.dir.path());
         left.extend(self.containerd.stop());

@@ -400,6 +400,13 @@ impl Daemon {
     /// `cstor-fs serve --server SERVER` of `storage` on a free loopback port, logging to a
     /// file; returns once it answers `/v2/`.
     pub fn serve(storage: &Path, server: &str) -> Daemon {
+        Daemon::serve_with(storage, &["--server", server])
+    }
+
+    /// `cstor-fs serve` of `storage` with `args` on a free loopback port, logging to a
+    /// file; returns once it answers `/v2/`.
+    pub fn serve_with(storage: &Path, args: &[&str]) -> Daemon {
+        let server = args.windows(2).find(|w| w[0] == "--server").map_or("nginx", |w| w[1]);
         let tmp = TempDir::new("serve");
         let runtime_dir = tmp.path().join("rt");
         let addr = format!("127.0.0.1:{}", free_port());
@@ -407,8 +414,9 @@ impl Daemon {
         cmd.arg("serve")
             .arg("--storage")
             .arg(storage)
-            .args(["--listen", &addr, "--server", server, "--runtime-dir"])
+            .args(["--listen", &addr, "--runtime-dir"])
             .arg(&runtime_dir)
+            .args(args)
             .env("RUST_LOG", "info,fuser=warn");
         let mut s =
             Daemon::spawn(&format!("cstor-fs serve ({server})"), cmd, Some(tmp.path().join("log"))).keeping(tmp);
@@ -463,6 +471,11 @@ impl Daemon {
     }
 
     /// What the process wrote to its log so far ("" without one).
+    /// The file its output goes to (empty path if none).
+    pub fn log_path(&self) -> &Path {
+        self.log.as_deref().unwrap_or(Path::new(""))
+    }
+
     pub fn log(&self) -> String {
         self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default()
     }

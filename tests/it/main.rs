@@ -6,6 +6,7 @@
 
 mod clients;
 mod common;
+mod compress;
 mod hardening;
 mod mount;
 mod podman5;

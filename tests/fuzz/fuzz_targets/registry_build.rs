@@ -358,6 +358,7 @@ fuzz_target!(|input: Input| {
                 match &blob(d).source {
                     BlobSource::Bytes(b) => assert_eq!(Digest::of(b), *d),
                     BlobSource::Layer(l) => assert_eq!(snap.layers[l].diff_digest, Some(*d)),
+                    BlobSource::Compressed { .. } => unreachable!("Registry::build names no compressed blob"),
                 }
             }
             let _ = (config, layers);
