@@ -11,8 +11,11 @@
 //! listed in [`Registry::excluded`] with the reason. This module does no I/O and knows
 //! nothing of FUSE.
 
+pub mod index_page;
 pub mod manifest;
+pub mod page;
 pub mod reference;
+pub mod referrers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
