@@ -9,16 +9,30 @@
 //! v2/<repo...>/manifests/.ref/<tag>              -> sha256:<hex>
 //! v2/<repo...>/manifests/.ref/sha256:<hex>/sha256:<hex>.<kind>
 //! v2/<repo...>/blobs/sha256:<hex>
+//! v2/<repo...>/referrers/sha256:<hex>             (subjects with referrers: an OCI index)
+//! v2/<repo...>/referrers/.type/sha256:<hex>/<type>/<subtype>   (filtered by artifactType)
+//! v2/<repo...>/tags/.page/...                     (hidden, computed: `n` and `last`)
+//! v2/.catalog/...                                 (hidden, computed: the same for _catalog)
+//! index.html                                      (the browsable index)
 //! ```
 //! The hidden `.ref` and `.after` entries exist for HTTP servers: `.ref/<ref>` lets a
 //! server learn a tag's digest from the resolved path and the manifest's media type
 //! from the file suffix; `.after/<last>` answers `tags/list?last=`.
+//!
+//! Pages (`.page` of a repository's tags, `.catalog` for the catalog) are [`Dyn`]
+//! directories answered on lookup: `<n>/<last...>/@` is a symlink to
+//! `.to/<n>/<next>` (a page of `n` names ending at `next`; more follow) holding one
+//! file `<next>.next`, or to `.end/<last>` (or `.end/-`, everything) or `.none` holding one
+//! file `end`. `last` may span components (`a/b/c`) or be one with `/` as `%2F`; `next`
+//! is one component with `/` as `%2F`. A server learns `next` from the resolved path
+//! (nginx `$realpath_root`) or the file name (a Caddy `try_files` glob) for the `Link` header.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::live::View;
-use crate::registry::Registry;
+use crate::registry::page::{self, Listing, Target};
+use crate::registry::{index_page, referrers, Registry};
 use crate::{Digest, Id};
 
 pub const ROOT: u64 = 1;
@@ -47,6 +61,110 @@ pub enum Kind {
     },
     File(Content),
     Link(String),
+    /// A directory whose entries are computed on lookup.
+    Dynamic(Dyn),
+}
+
+/// The computed directories of paginated listings (see the module docs).
+#[derive(Debug, Clone)]
+pub enum Dyn {
+    /// `.page/` or `.catalog/`: `<n>/`, `.to/`, `.end/`, `.none/`.
+    PageRoot(Listing),
+    /// `<n>/<last...>/`: `@` links to the target; any other name extends `last`.
+    Page { list: Listing, n: u64, last: Option<String>, depth: usize },
+    /// `.to/` and `.to/<n>/`.
+    To(Listing, Option<u64>),
+    /// `.to/<n>/<next>/`: holds `<next>.next`.
+    ToDir(Listing, u64, String),
+    /// `.end/`.
+    EndRoot(Listing),
+    /// `.end/<last>/` (`-`: no `last`): holds `end`.
+    EndDir(Listing, Option<String>),
+    /// `.none/`: holds `end`, an empty list.
+    NoneDir(Listing),
+}
+
+fn dyn_dir(d: Dyn) -> Kind {
+    Kind::Dynamic(d)
+}
+
+/// `n` as written in a request: 1 to 9 decimal digits.
+fn parse_n(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+}
+
+/// The entry `name` of a computed directory, if there is one.
+pub fn dyn_lookup(reg: &Registry, d: &Dyn, name: &str) -> Option<Kind> {
+    if name.is_empty() || name == "." || name == ".." {
+        return None;
+    }
+    match d {
+        Dyn::PageRoot(list) => match name {
+            ".to" => Some(dyn_dir(Dyn::To(list.clone(), None))),
+            ".end" => Some(dyn_dir(Dyn::EndRoot(list.clone()))),
+            ".none" => Some(dyn_dir(Dyn::NoneDir(list.clone()))),
+            _ => Some(dyn_dir(Dyn::Page { list: list.clone(), n: parse_n(name)?, last: None, depth: 0 })),
+        },
+        Dyn::Page { list, n, last, depth } => {
+            let entries = list.entries(reg)?;
+            if name == "@" {
+                let up = "../".repeat(depth + 1);
+                let target = match page::resolve(&entries, *n, last.as_deref()) {
+                    Target::Next { n, next } => format!("{up}.to/{n}/{}", page::encode(&next)),
+                    Target::End { after: Some(a) } => format!("{up}.end/{}", page::encode(&a)),
+                    Target::End { after: None } => format!("{up}.end/-"),
+                    Target::Empty => format!("{up}.none"),
+                };
+                return Some(Kind::Link(target));
+            }
+            if name.starts_with('.') || name.contains('@') || *depth >= 64 {
+                return None;
+            }
+            let part = page::decode(name);
+            let last = Some(match last {
+                Some(l) => format!("{l}/{part}"),
+                None => part,
+            });
+            Some(dyn_dir(Dyn::Page { list: list.clone(), n: *n, last, depth: depth + 1 }))
+        }
+        Dyn::To(list, None) => Some(dyn_dir(Dyn::To(list.clone(), Some(parse_n(name)?)))),
+        Dyn::To(list, Some(n)) => {
+            let next = page::decode(name);
+            page::ending_at(&list.entries(reg)?, *n, &next)?;
+            Some(dyn_dir(Dyn::ToDir(list.clone(), *n, next)))
+        }
+        Dyn::EndRoot(list) => {
+            list.entries(reg)?;
+            let after = (name != "-").then(|| page::decode(name));
+            Some(dyn_dir(Dyn::EndDir(list.clone(), after)))
+        }
+        Dyn::ToDir(..) | Dyn::EndDir(..) | Dyn::NoneDir(..) => {
+            dyn_children(reg, d).into_iter().find(|(n, _)| n == name).map(|(_, k)| k)
+        }
+    }
+}
+
+/// The entries of a computed directory that can be listed (the page files).
+pub fn dyn_children(reg: &Registry, d: &Dyn) -> Vec<(String, Kind)> {
+    let file = |bytes: Vec<u8>| Kind::File(Content::Bytes(bytes.into()));
+    match d {
+        Dyn::ToDir(list, n, next) => {
+            let Some(entries) = list.entries(reg) else { return Vec::new() };
+            match page::ending_at(&entries, *n, next) {
+                Some(names) => vec![(format!("{}.next", page::encode(next)), file(list.json(&names)))],
+                None => Vec::new(),
+            }
+        }
+        Dyn::EndDir(list, after) => match list.entries(reg) {
+            Some(entries) => vec![("end".into(), file(list.json(&page::after(&entries, after.as_deref()))))],
+            None => Vec::new(),
+        },
+        Dyn::NoneDir(list) => match list.entries(reg) {
+            Some(_) => vec![("end".into(), file(list.json(&[])))],
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +247,31 @@ fn digest_name(d: &Digest) -> String {
     d.to_string()
 }
 
+/// `referrers/<subject>` and `referrers/.type/<subject>/<type>/<subtype>` of one repository.
+fn add_referrers(b: &mut Builder, reg: &Registry, dir: u64, repo: &crate::registry::Repo) {
+    let by_subject = referrers::of_repo(reg, repo);
+    if by_subject.is_empty() {
+        return;
+    }
+    let rdir = b.dir(dir, "referrers");
+    let types = b.dir(rdir, ".type");
+    for (subject, list) in &by_subject {
+        let sname = digest_name(subject);
+        b.file(rdir, &sname, Content::Bytes(referrers::index_json(list).into()), false);
+        let mut by_type: BTreeMap<(&str, &str), Vec<&referrers::Referrer>> = BTreeMap::new();
+        for r in list {
+            if let Some(t) = r.artifact_type.as_deref().and_then(referrers::split_media_type) {
+                by_type.entry(t).or_default().push(r);
+            }
+        }
+        let sdir = b.dir(types, &sname);
+        for ((top, sub), rs) in by_type {
+            let tdir = b.dir(sdir, top);
+            b.file(tdir, sub, Content::Bytes(referrers::index_json(rs).into()), false);
+        }
+    }
+}
+
 impl Tree {
     pub fn build(view: Arc<View>) -> Tree {
         let mut b = Builder { nodes: HashMap::new() };
@@ -147,6 +290,9 @@ impl Tree {
             serde_json::to_vec(&serde_json::json!({ "repositories": reg.catalog() })).expect("plain JSON");
         catalog.push(b'\n');
         b.file(v2, "_catalog", Content::Bytes(catalog.into()), false);
+        b.add(v2, ".catalog", dyn_dir(Dyn::PageRoot(Listing::Catalog)), false);
+        let index = index_page::render(reg, &view.snapshot.images);
+        b.file(ROOT, "index.html", Content::Bytes(index.into_bytes().into()), false);
         for (name, repo) in &reg.repos {
             let mut dir = v2;
             for c in name.split('/') {
@@ -155,6 +301,7 @@ impl Tree {
             let tags = b.dir(dir, "tags");
             b.file(tags, "list", Content::Bytes(tags_json(reg, name, None).into()), false);
             b.add(tags, ".after", Kind::Dir { children: BTreeMap::new(), after_tags_of: Some(name.clone()) }, false);
+            b.add(tags, ".page", dyn_dir(Dyn::PageRoot(Listing::Tags(name.clone()))), false);
             let manifests = b.dir(dir, "manifests");
             let refs = b.dir(manifests, ".ref");
             for d in &repo.manifests {
@@ -177,6 +324,7 @@ impl Tree {
                 };
                 b.file(blobs, &digest_name(d), content, true);
             }
+            add_referrers(&mut b, reg, dir, repo);
         }
         Tree { view, nodes: b.nodes }
     }
