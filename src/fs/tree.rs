@@ -9,8 +9,8 @@
 //! v2/<repo...>/manifests/.ref/<tag>              -> sha256:<hex>
 //! v2/<repo...>/manifests/.ref/sha256:<hex>/sha256:<hex>.<kind>
 //! v2/<repo...>/blobs/sha256:<hex>
-//! v2/<repo...>/referrers/sha256:<hex>             (subjects with referrers: an OCI index)
-//! v2/<repo...>/referrers/.type/sha256:<hex>/<type>/<subtype>   (filtered by artifactType)
+//! v2/<repo...>/.referrers/sha256:<hex>            (hidden, computed: an OCI index, maybe empty)
+//! v2/<repo...>/.referrers/.type/sha256:<hex>/<artifactType>   (the same, filtered)
 //! v2/<repo...>/tags/.page/...                     (hidden, computed: `n` and `last`)
 //! v2/.catalog/...                                 (hidden, computed: the same for _catalog)
 //! index.html                                      (the browsable index)
@@ -26,6 +26,11 @@
 //! file `end`. `last` may span components (`a/b/c`) or be one with `/` as `%2F`; `next`
 //! is one component with `/` as `%2F`. A server learns `next` from the resolved path
 //! (nginx `$realpath_root`) or the file name (a Caddy `try_files` glob) for the `Link` header.
+//!
+//! `.referrers/<digest>` answers any sha256 digest (the referrers API never says 404);
+//! `.referrers/.type/<digest>/<artifactType>` filters, the type given as one
+//! percent-encoded component (`application%2Fvnd.x%2Bjson`, as nginx passes a raw query
+//! value) or as two (`application/vnd.x+json`, as Caddy passes a decoded one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -82,6 +87,47 @@ pub enum Dyn {
     EndDir(Listing, Option<String>),
     /// `.none/`: holds `end`, an empty list.
     NoneDir(Listing),
+    /// `.referrers/` (`None`) and `.referrers/.type/` (`Some(None)`), `.type/<subject>/`
+    /// (`Some(Some((subject, None)))`) and `.type/<subject>/<type>/` (`Some(Some((subject, Some(type))))`).
+    Referrers(Arc<Referrers>, Option<Option<(Digest, Option<String>)>>),
+}
+
+/// A repository's referrers by subject.
+pub type Referrers = BTreeMap<Digest, Vec<referrers::Referrer>>;
+
+/// `%XX` decoded (invalid escapes kept as they are); `+` and space both mean `+`, as a
+/// form-decoded query turns `+` into a space and media types hold no spaces.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b' ', ..) => {
+                out.push(b'+');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).replace(' ', "+")
+}
+
+fn referrers_file(refs: &Referrers, subject: &Digest, artifact_type: Option<&str>) -> Kind {
+    let list = refs.get(subject).map(Vec::as_slice).unwrap_or_default();
+    let body = match artifact_type {
+        None => referrers::index_json(list),
+        Some(t) => referrers::index_json(list.iter().filter(|r| r.artifact_type.as_deref() == Some(t))),
+    };
+    Kind::File(Content::Bytes(body.into()))
 }
 
 fn dyn_dir(d: Dyn) -> Kind {
@@ -137,6 +183,24 @@ pub fn dyn_lookup(reg: &Registry, d: &Dyn, name: &str) -> Option<Kind> {
             list.entries(reg)?;
             let after = (name != "-").then(|| page::decode(name));
             Some(dyn_dir(Dyn::EndDir(list.clone(), after)))
+        }
+        Dyn::Referrers(refs, None) if name == ".type" => Some(dyn_dir(Dyn::Referrers(refs.clone(), Some(None)))),
+        Dyn::Referrers(refs, None) => Some(referrers_file(refs, &name.parse().ok()?, None)),
+        Dyn::Referrers(refs, Some(None)) => {
+            Some(dyn_dir(Dyn::Referrers(refs.clone(), Some(Some((name.parse().ok()?, None))))))
+        }
+        Dyn::Referrers(refs, Some(Some((subject, prefix)))) => {
+            let part = percent_decode(name);
+            let full = match prefix {
+                Some(p) if !part.contains('/') => format!("{p}/{part}"),
+                Some(_) => return None,
+                None if part.contains('/') => part,
+                None => {
+                    return Some(dyn_dir(Dyn::Referrers(refs.clone(), Some(Some((*subject, Some(part)))))));
+                }
+            };
+            referrers::split_media_type(&full)?;
+            Some(referrers_file(refs, subject, Some(&full)))
         }
         Dyn::ToDir(..) | Dyn::EndDir(..) | Dyn::NoneDir(..) => {
             dyn_children(reg, d).into_iter().find(|(n, _)| n == name).map(|(_, k)| k)
@@ -247,31 +311,6 @@ fn digest_name(d: &Digest) -> String {
     d.to_string()
 }
 
-/// `referrers/<subject>` and `referrers/.type/<subject>/<type>/<subtype>` of one repository.
-fn add_referrers(b: &mut Builder, reg: &Registry, dir: u64, repo: &crate::registry::Repo) {
-    let by_subject = referrers::of_repo(reg, repo);
-    if by_subject.is_empty() {
-        return;
-    }
-    let rdir = b.dir(dir, "referrers");
-    let types = b.dir(rdir, ".type");
-    for (subject, list) in &by_subject {
-        let sname = digest_name(subject);
-        b.file(rdir, &sname, Content::Bytes(referrers::index_json(list).into()), false);
-        let mut by_type: BTreeMap<(&str, &str), Vec<&referrers::Referrer>> = BTreeMap::new();
-        for r in list {
-            if let Some(t) = r.artifact_type.as_deref().and_then(referrers::split_media_type) {
-                by_type.entry(t).or_default().push(r);
-            }
-        }
-        let sdir = b.dir(types, &sname);
-        for ((top, sub), rs) in by_type {
-            let tdir = b.dir(sdir, top);
-            b.file(tdir, sub, Content::Bytes(referrers::index_json(rs).into()), false);
-        }
-    }
-}
-
 impl Tree {
     pub fn build(view: Arc<View>) -> Tree {
         let mut b = Builder { nodes: HashMap::new() };
@@ -324,7 +363,8 @@ impl Tree {
                 };
                 b.file(blobs, &digest_name(d), content, true);
             }
-            add_referrers(&mut b, reg, dir, repo);
+            let refs = Arc::new(referrers::of_repo(reg, repo));
+            b.add(dir, ".referrers", dyn_dir(Dyn::Referrers(refs, None)), false);
         }
         Tree { view, nodes: b.nodes }
     }
