@@ -5,7 +5,9 @@
 //! (called from the refresh loop, which also tells the kernel to forget vanished
 //! names) plus a table of open handles. Digest-named nodes get long kernel TTLs and
 //! keep their page cache; tags, lists and directories get zero TTLs so changes show
-//! at once. This is the only module that names fuser.
+//! at once. Computed entries (`.after/<last>`, the [`Dyn`] directories of pages and
+//! referrers) are built on lookup and kept in a bounded side table so that later
+//! getattr/open/readdir calls find them by inode. This is the only module that names fuser.
 
 mod mount;
 mod options;

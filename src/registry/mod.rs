@@ -8,8 +8,9 @@
 //! ([`manifest`]). One digest is one blob of one size: an image whose layer claims
 //! another blob's digest with another size is excluded. Lists are verbatim only when
 //! every child is present and verbatim. Images that cannot be served byte-exact are
-//! listed in [`Registry::excluded`] with the reason. This module does no I/O and knows
-//! nothing of FUSE.
+//! listed in [`Registry::excluded`] with the reason. [`referrers`] (manifests by
+//! `subject`), [`page`] (`n`/`last` paging) and [`index_page`] (the HTML index) are
+//! further pure views of the model. This module does no I/O and knows nothing of FUSE.
 
 pub mod index_page;
 pub mod manifest;

@@ -146,6 +146,9 @@ struct Refs {
 fn referrers_store() -> Refs {
     let store = MiniStore::new("overlay");
     store.import("localhost/app:v1", &[("etc/os-release", b"ID=subject\n")]);
+    // More repositories, for catalog paging.
+    store.import("localhost/other/deep:1", &[("a", b"a")]);
+    store.import("localhost/zz:1", &[("b", b"b")]);
     let raw = run(&mut store.tool("skopeo", &["inspect", "--raw", "containers-storage:localhost/app:v1"])).stdout;
     let subject = sha256_of(&raw);
     let desc = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": subject, "size": raw.len()});
@@ -240,7 +243,7 @@ fn check_referrers(url: &str, r: &Refs) {
     }
     // A subject that is not in the store still lists what refers to it.
     let v = referrers_answer(&get(&format!("{base}/{}", r.missing)), "referrers of a missing subject");
-    assert_eq!(digests(&v), [r.orphan.0.clone()]);
+    assert_eq!(digests(&v), vec![r.orphan.0.clone()]);
     assert_eq!(descriptor(&v, &r.orphan.0)["artifactType"], SBOM);
     // Nothing refers to it, an unknown repository, another algorithm: 200 and empty, never 404.
     for p in [
@@ -353,7 +356,14 @@ fn conformance(url: &str, repo: &str, tag: &str, manifest: &str, blob: &str) {
     let accept = [format!("Accept: {OCI_INDEX}"), format!("Accept: {OCI_MANIFEST}")];
     let accept: Vec<&str> = accept.iter().map(String::as_str).collect();
     let body = get(&format!("{v2}/manifests/{manifest}")).body;
-    let media_type = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["mediaType"].clone();
+    // As the suite detects it: the mediaType field, else an image manifest (an index if
+    // it has `manifests`).
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body).unwrap();
+    let media_type = match (&parsed["mediaType"], parsed.get("manifests")) {
+        (serde_json::Value::String(t), _) => serde_json::Value::String(t.clone()),
+        (_, Some(_)) => serde_json::Value::String(OCI_INDEX.into()),
+        _ => serde_json::Value::String(OCI_MANIFEST.into()),
+    };
     for m in ["HEAD", "GET"] {
         for r in [manifest, tag] {
             let resp = http(m, &format!("{v2}/manifests/{r}"), &accept);
@@ -472,11 +482,12 @@ fn fixture_meets_the_conformance_checks_through_nginx_and_caddy() {
     }
 }
 
-/// 416 and 5xx are JSON error bodies too (Caddy's 416 is Go's text/plain: a known gap).
+/// 416 and read errors are JSON error bodies too (known gaps: Caddy's 416 is Go's
+/// text/plain, and Caddy reports a file that fails to open with EIO as a 404).
 #[test]
 fn server_errors_have_json_bodies() {
     let store = MiniStore::new("overlay");
-    let id = store.import("localhost/broken:1", &[("f", b"some bytes")]);
+    store.import("localhost/broken:1", &[("f", b"some bytes")]);
     for server in ["nginx", "caddy"] {
         let s = Serve::start(&store.storage, server);
         let repo = s.mnt().join("v2/localhost/broken/blobs");
@@ -489,11 +500,10 @@ fn server_errors_have_json_bodies() {
         if server == "nginx" {
             assert_eq!(r.error_code(), "UNSUPPORTED");
         }
-        let _ = id;
         drop(s);
     }
-    // A layer whose tar-split vanished under a live mount: opening the blob fails (EIO).
-    let layers = store.storage.join("overlay-layers");
+    // A layer whose files vanished under a live mount (its index is cached since the
+    // mount's first check): opening the blob fails with EIO, the server says 5xx.
     for server in ["nginx", "caddy"] {
         let s = Serve::start(&store.storage, server);
         let repo = s.mnt().join("v2/localhost/broken/blobs");
@@ -505,15 +515,35 @@ fn server_errors_have_json_bodies() {
             .file_name()
             .into_string()
             .unwrap();
-        let ts = layers.join(format!("{}.tar-split.gz", &layer[7..]));
-        let saved = std::fs::read(&ts).unwrap_or_else(|e| panic!("{}: {e}", ts.display()));
-        std::fs::remove_file(&ts).unwrap();
+        // An imported layer's id is its diff digest.
+        let dir = store.storage.join("overlay").join(&layer[7..]);
+        let moved = store.storage.join("overlay").join("moved-away");
+        std::fs::rename(&dir, &moved).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let r = get(&format!("{}/v2/localhost/broken/blobs/{layer}", s.url()));
-        std::fs::write(&ts, saved).unwrap();
-        assert!(r.status >= 500, "{server}: {}", r.status);
-        assert!(ERROR_CODES.contains(&r.error_code().as_str()) || r.error_code() == "UNKNOWN", "{server}");
+        std::fs::rename(&moved, &dir).unwrap();
+        // nginx: 500. Caddy 2.6 turns any open error of a regular file into 404 (its
+        // mapDirOpenError stats the path, finds a file, says "not exist"): still JSON.
+        let want = if server == "nginx" { 500 } else { 404 };
+        assert_eq!(r.status, want, "{server}: {}", String::from_utf8_lossy(&r.body));
+        let code = r.error_code();
+        assert!(code == "UNKNOWN" || ERROR_CODES.contains(&code.as_str()), "{server}: {code}");
         assert!(r.header("docker-content-digest").is_none() && r.header("cache-control").is_none(), "{server}");
     }
+}
+
+/// `html` without its tags.
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Where a test leaves files to look at (screenshots).
@@ -569,10 +599,12 @@ fn index_page_in_chromium() {
         assert!(dom.contains("<h1>cstor-fs registry</h1>"), "{server}: {dom}");
         let reg = &s.addr;
         assert!(!dom.contains(">HOST<"), "{server}: the script did not fill in the host");
-        assert!(dom.contains(&format!("podman pull --tls-verify=false {reg}/localhost/app/web:v1")), "{server}");
-        assert!(dom.contains(&format!("bootc switch {reg}/localhost/app/web:v1")));
-        assert!(dom.contains(&format!("docker pull {reg}/localhost/app/web:v1")));
-        assert!(dom.contains(&format!("docker://{reg}/localhost/app/web:v1")));
+        // The text as shown (tags dropped: the host is a <span> of its own).
+        let text = strip_tags(&dom);
+        assert!(text.contains(&format!("podman pull --tls-verify=false {reg}/localhost/app/web:v1")), "{server}");
+        assert!(text.contains(&format!("bootc switch {reg}/localhost/app/web:v1")));
+        assert!(text.contains(&format!("docker pull {reg}/localhost/app/web:v1")));
+        assert!(text.contains(&format!("docker://{reg}/localhost/app/web:v1")));
         let mnt = s.mnt();
         let catalog: serde_json::Value =
             serde_json::from_slice(&std::fs::read(mnt.join("v2/_catalog")).unwrap()).unwrap();
@@ -585,11 +617,11 @@ fn index_page_in_chromium() {
                 let t = tag.as_str().unwrap();
                 let d = std::fs::read_link(mnt.join(format!("v2/{repo}/manifests/{t}"))).unwrap();
                 assert!(dom.contains(d.to_str().unwrap()), "{server}: {repo}:{t} digest");
-                assert!(dom.contains(&format!("{reg}/{repo}:{t}")), "{server}: {repo}:{t} pull");
+                assert!(text.contains(&format!("{reg}/{repo}:{t}")), "{server}: {repo}:{t} pull");
             }
         }
         for word in ["(verbatim)", "(rewritten)", "linux/amd64, linux/arm64", OCI_INDEX, "created", " MB ("] {
-            assert!(dom.contains(word), "{server}: {word}");
+            assert!(text.contains(word), "{server}: {word}");
         }
 
         let png = out.join(format!("{server}.png"));
