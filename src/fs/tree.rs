@@ -388,3 +388,104 @@ impl Tree {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> Registry {
+        let mut reg = Registry::default();
+        let d = Digest::of(b"m");
+        for repo in ["a/x", "b", "c"] {
+            let r = reg.repos.entry(repo.into()).or_default();
+            for t in ["t1", "t2", "t3"] {
+                r.tags.insert(t.into(), d);
+            }
+        }
+        reg
+    }
+
+    /// Follows `path` from a computed directory; links are returned as they are.
+    fn walk(reg: &Registry, root: Dyn, path: &str) -> Option<Kind> {
+        let mut kind = Kind::Dynamic(root);
+        for part in path.split('/') {
+            let Kind::Dynamic(d) = &kind else { return None };
+            kind = dyn_lookup(reg, d, part)?;
+        }
+        Some(kind)
+    }
+
+    fn link(k: Option<Kind>) -> String {
+        match k {
+            Some(Kind::Link(t)) => t,
+            other => panic!("not a link: {other:?}"),
+        }
+    }
+
+    fn bytes(k: Option<Kind>) -> String {
+        match k {
+            Some(Kind::File(Content::Bytes(b))) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("not a file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pages_link_to_their_target() {
+        let reg = reg();
+        let tags = || Dyn::PageRoot(Listing::Tags("b".into()));
+        assert_eq!(link(walk(&reg, tags(), "2/@")), "../.to/2/t2");
+        assert_eq!(bytes(walk(&reg, tags(), ".to/2/t2/t2.next")), "{\"name\":\"b\",\"tags\":[\"t1\",\"t2\"]}\n");
+        assert_eq!(link(walk(&reg, tags(), "2/t2/@")), "../../.end/t2");
+        assert_eq!(bytes(walk(&reg, tags(), ".end/t2/end")), "{\"name\":\"b\",\"tags\":[\"t3\"]}\n");
+        assert_eq!(link(walk(&reg, tags(), "0/@")), "../.none");
+        assert_eq!(bytes(walk(&reg, tags(), ".none/end")), "{\"name\":\"b\",\"tags\":[]}\n");
+        assert_eq!(link(walk(&reg, tags(), "9/@")), "../.end/-");
+        assert!(walk(&reg, tags(), ".to/2/t3/t3.next").is_some());
+        assert!(walk(&reg, tags(), ".to/2/nope").is_none(), "not a tag");
+        for bad in ["x/@", "-1/@", "1234567890/@", "2/../@", "2/.ref/@", "2/a@b/@"] {
+            assert!(walk(&reg, tags(), bad).is_none(), "{bad}");
+        }
+        assert!(walk(&reg, Dyn::PageRoot(Listing::Tags("nope".into())), "1/@").is_none());
+        // Catalog: `last` as components or with %2F; `next` with %2F.
+        let cat = || Dyn::PageRoot(Listing::Catalog);
+        assert_eq!(link(walk(&reg, cat(), "1/@")), "../.to/1/a%2Fx");
+        assert_eq!(link(walk(&reg, cat(), "1/a/x/@")), "../../../.to/1/b");
+        assert_eq!(link(walk(&reg, cat(), "1/a%2Fx/@")), "../../.to/1/b");
+        assert_eq!(bytes(walk(&reg, cat(), ".to/1/a%2Fx/a%2Fx.next")), "{\"repositories\":[\"a/x\"]}\n");
+        assert_eq!(dyn_children(&reg, &Dyn::ToDir(Listing::Catalog, 1, "a/x".into()))[0].0, "a%2Fx.next");
+    }
+
+    #[test]
+    fn referrers_answer_any_digest_and_filter_however_encoded() {
+        let reg = Registry::default();
+        let subject = Digest::of(b"s");
+        let r = referrers::Referrer {
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            digest: Digest::of(b"r"),
+            size: 1,
+            artifact_type: Some("application/vnd.x+json".into()),
+            annotations: BTreeMap::new(),
+        };
+        let refs = Arc::new(Referrers::from([(subject, vec![r])]));
+        let root = || Dyn::Referrers(refs.clone(), None);
+        let count = |k: Option<Kind>| {
+            let v: serde_json::Value = serde_json::from_str(&bytes(k)).unwrap();
+            v["manifests"].as_array().unwrap().len()
+        };
+        assert_eq!(count(walk(&reg, root(), &subject.to_string())), 1);
+        assert_eq!(count(walk(&reg, root(), &Digest::of(b"other").to_string())), 0);
+        for t in [
+            "application/vnd.x+json",
+            "application%2Fvnd.x%2Bjson",
+            "application/vnd.x%2bjson",
+            "application/vnd.x json",
+        ] {
+            assert_eq!(count(walk(&reg, root(), &format!(".type/{subject}/{t}"))), 1, "{t}");
+        }
+        assert_eq!(count(walk(&reg, root(), &format!(".type/{subject}/application/other"))), 0);
+        for bad in ["sha256:zz", ".type/sha256:zz/a/b", &format!(".type/{subject}/a%2F..%2Fb")] {
+            assert!(walk(&reg, root(), bad).is_none(), "{bad}");
+        }
+        assert_eq!(percent_decode("a%2fb%2Bc+d%zz%"), "a/b+c+d%zz%");
+    }
+}
