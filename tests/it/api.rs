@@ -447,6 +447,14 @@ fn referrers_paging_and_conformance(server: &'static str) {
     conformance(&url, r.repo, "v1", manifest, m["config"]["digest"].as_str().unwrap());
     assert_eq!(manifest, r.subject, "app:v1 is served verbatim");
     check_sh(&s);
+    // The page and the pages follow the store at once (zero TTL, as tags).
+    run(&mut r.store.tool("podman", &["tag", "localhost/app:v1", "localhost/app:zz-new"]));
+    wait_for("the new tag on the index page", std::time::Duration::from_secs(20), || {
+        String::from_utf8_lossy(&get(&format!("{url}/")).body).contains("/localhost/app:zz-new</code>")
+    });
+    let last = r.tags.last().unwrap();
+    let page = get(&format!("{url}/v2/{}/tags/list?n=1&last={last}", r.repo));
+    assert_eq!(page.json()["tags"], serde_json::json!(["zz-new"]));
 }
 
 #[test]
