@@ -5,7 +5,9 @@
 //! (called from the refresh loop, which also tells the kernel to forget vanished
 //! names) plus a table of open handles. Digest-named nodes get long kernel TTLs and
 //! keep their page cache; tags, lists and directories get zero TTLs so changes show
-//! at once. This is the only module that names fuser.
+//! at once. Computed entries (`.after/<last>`, the [`Dyn`] directories of pages and
+//! referrers) are built on lookup and kept in a bounded side table so that later
+//! getattr/open/readdir calls find them by inode. This is the only module that names fuser.
 
 mod mount;
 mod options;
@@ -27,11 +29,11 @@ use crate::live::Live;
 use crate::tarsplit::BlobReader;
 pub use mount::{is_mounted, run, MountConfig};
 pub use options::MountOptions;
-pub use tree::{ino_of, Content, Kind, Node, Tree, ROOT};
+pub use tree::{ino_of, Content, Dyn, Kind, Node, Tree, ROOT};
 
 /// How long the kernel may cache names and attributes of digest-named nodes.
 const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
-/// Hidden `.after/<last>` answers kept at most (they are recomputed on lookup).
+/// Computed entries (`.after/<last>`, pages) kept at most (they are recomputed on lookup).
 const MAX_DYNAMIC: usize = 4096;
 
 /// What the files show.
@@ -122,7 +124,7 @@ impl Shared {
 
     fn attr(&self, tree: &Tree, ino: u64, node: &Node) -> FileAttr {
         let (kind, size, perm, nlink) = match &node.kind {
-            Kind::Dir { .. } => (FileType::Directory, 0, self.attrs.dir_mode, 2),
+            Kind::Dir { .. } | Kind::Dynamic(_) => (FileType::Directory, 0, self.attrs.dir_mode, 2),
             Kind::File(c) => (FileType::RegularFile, c.size(), self.attrs.file_mode, 1),
             Kind::Link(t) => (FileType::Symlink, t.len() as u64, 0o777, 1),
         };
@@ -155,22 +157,33 @@ impl Shared {
     }
 
     fn lookup_node(&self, tree: &Tree, parent: u64, name: &str) -> Option<(u64, Node)> {
-        let Kind::Dir { children, after_tags_of } = &self.node(tree, parent)?.kind else { return None };
-        if let Some(&ino) = children.get(name) {
-            return Some((ino, tree.nodes.get(&ino)?.clone()));
-        }
-        let repo = after_tags_of.as_ref()?;
-        // `.after/<last>`: computed on demand for any name.
-        let path = format!("{}/{name}", tree.nodes.get(&parent)?.path);
+        let parent_node = self.node(tree, parent)?;
+        let kind = match &parent_node.kind {
+            Kind::Dir { children, after_tags_of } => {
+                if let Some(&ino) = children.get(name) {
+                    return Some((ino, tree.nodes.get(&ino)?.clone()));
+                }
+                let repo = after_tags_of.as_ref()?;
+                // `.after/<last>`: computed on demand for any name.
+                Kind::File(Content::Bytes(tree::tags_json(&tree.view.registry, repo, Some(name)).into()))
+            }
+            Kind::Dynamic(d) => tree::dyn_lookup(&tree.view.registry, d, name)?,
+            _ => return None,
+        };
+        Some(self.remember(parent, &parent_node.path, name, kind))
+    }
+
+    /// Keeps a computed entry so that getattr/open/readdir find it by inode.
+    fn remember(&self, parent: u64, parent_path: &str, name: &str, kind: Kind) -> (u64, Node) {
+        let path = format!("{parent_path}/{name}");
         let ino = ino_of(&path);
-        let content = tree::tags_json(&tree.view.registry, repo, Some(name));
-        let node = Node { parent, kind: Kind::File(Content::Bytes(content.into())), immutable: false, path };
+        let node = Node { parent, kind, immutable: false, path };
         let mut dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
         if dynamic.len() >= MAX_DYNAMIC {
             dynamic.clear();
         }
         dynamic.insert(ino, node.clone());
-        Some((ino, node))
+        (ino, node)
     }
 
     fn open_file(&self, ino: u64) -> Result<(Handle, bool), Errno> {
@@ -351,16 +364,28 @@ impl Filesystem for CstorFs {
         let s = &self.shared;
         let tree = s.tree.load();
         let Some(node) = s.node(&tree, ino.0) else { return reply.error(Errno::ENOENT) };
-        let Kind::Dir { children, .. } = &node.kind else { return reply.error(Errno::ENOTDIR) };
+        let file_type = |k: &Kind| match k {
+            Kind::Dir { .. } | Kind::Dynamic(_) => FileType::Directory,
+            Kind::File(_) => FileType::RegularFile,
+            Kind::Link(_) => FileType::Symlink,
+        };
+        let entries: Vec<(u64, FileType, String)> = match &node.kind {
+            Kind::Dir { children, .. } => children
+                .iter()
+                .filter_map(|(name, &child)| Some((child, file_type(&tree.nodes.get(&child)?.kind), name.clone())))
+                .collect(),
+            // Only the page directories list their one file (a glob in Caddy's try_files).
+            Kind::Dynamic(d) => tree::dyn_children(&tree.view.registry, d)
+                .into_iter()
+                .map(|(name, kind)| {
+                    let t = file_type(&kind);
+                    (s.remember(ino.0, &node.path, &name, kind).0, t, name)
+                })
+                .collect(),
+            _ => return reply.error(Errno::ENOTDIR),
+        };
         let dots = [(ino.0, FileType::Directory, "."), (node.parent, FileType::Directory, "..")];
-        let rest = children.iter().filter_map(|(name, &child)| {
-            let kind = match tree.nodes.get(&child)?.kind {
-                Kind::Dir { .. } => FileType::Directory,
-                Kind::File(_) => FileType::RegularFile,
-                Kind::Link(_) => FileType::Symlink,
-            };
-            Some((child, kind, name.as_str()))
-        });
+        let rest = entries.iter().map(|(child, kind, name)| (*child, *kind, name.as_str()));
         for (i, (child, kind, name)) in dots.into_iter().chain(rest).enumerate().skip(offset as usize) {
             if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
                 break;

@@ -9,17 +9,37 @@
 //! v2/<repo...>/manifests/.ref/<tag>              -> sha256:<hex>
 //! v2/<repo...>/manifests/.ref/sha256:<hex>/sha256:<hex>.<kind>
 //! v2/<repo...>/blobs/sha256:<hex>
+//! v2/<repo...>/.referrers/sha256:<hex>            (hidden, computed: an OCI index, maybe empty)
+//! v2/<repo...>/.referrers/.type/sha256:<hex>/<artifactType>   (the same, filtered)
+//! v2/<repo...>/tags/.page/...                     (hidden, computed: `n` and `last`)
+//! v2/.catalog/...                                 (hidden, computed: the same for _catalog)
+//! index.html                                      (the browsable index)
 //! ```
 //! The hidden `.ref` and `.after` entries exist for HTTP servers: `.ref/<ref>` lets a
 //! server learn a tag's digest from the resolved path and the manifest's media type
 //! from the file suffix; `.after/<last>` answers `tags/list?last=`.
+//!
+//! Pages (`.page` of a repository's tags, `.catalog` for the catalog) are [`Dyn`]
+//! directories answered on lookup: `<n>/<last...>/@` is a symlink to
+//! `.to/<n>/<next>` (a page of `n` names ending at `next`; more follow) holding one
+//! file `<next>.next`, or to `.end/<last>` (or `.end/-`, everything) or `.none` holding one
+//! file `end`. `last` may span components (`a/b/c`) or be one with `/` as `%2F`; `next`
+//! is one component with `/` as `%2F`. A server learns `next` from the resolved path
+//! (nginx `$realpath_root`) or the file name (a Caddy `try_files` glob) for the `Link` header.
+//!
+//! `.referrers/<digest>` answers any sha256 digest (the referrers API never says 404);
+//! `.referrers/.type/<digest>/<artifactType>` filters, the type given as one
+//! percent-encoded component (`application%2Fvnd.x%2Bjson`, as nginx passes a raw query
+//! value) or as two (`application/vnd.x+json`, as Caddy passes a decoded one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::live::View;
 use crate::registry::compressed::Codec;
+use crate::registry::page::{self, Listing, Target};
 use crate::registry::Registry;
+use crate::registry::{index_page, referrers};
 use crate::{Digest, Id};
 
 pub const ROOT: u64 = 1;
@@ -58,6 +78,169 @@ pub enum Kind {
     },
     File(Content),
     Link(String),
+    /// A directory whose entries are computed on lookup.
+    Dynamic(Dyn),
+}
+
+/// The computed directories of paginated listings (see the module docs).
+#[derive(Debug, Clone)]
+pub enum Dyn {
+    /// `.page/` or `.catalog/`: `<n>/`, `.to/`, `.end/`, `.none/`.
+    PageRoot(Listing),
+    /// `<n>/<last...>/`: `@` links to the target; any other name extends `last`.
+    Page { list: Listing, n: u64, last: Option<String>, depth: usize },
+    /// `.to/` and `.to/<n>/`.
+    To(Listing, Option<u64>),
+    /// `.to/<n>/<next>/`: holds `<next>.next`.
+    ToDir(Listing, u64, String),
+    /// `.end/`.
+    EndRoot(Listing),
+    /// `.end/<last>/` (`-`: no `last`): holds `end`.
+    EndDir(Listing, Option<String>),
+    /// `.none/`: holds `end`, an empty list.
+    NoneDir(Listing),
+    /// `.referrers/` (`None`) and `.referrers/.type/` (`Some(None)`), `.type/<subject>/`
+    /// (`Some(Some((subject, None)))`) and `.type/<subject>/<type>/` (`Some(Some((subject, Some(type))))`).
+    Referrers(Arc<Referrers>, Option<Option<(Digest, Option<String>)>>),
+}
+
+/// A repository's referrers by subject.
+pub type Referrers = BTreeMap<Digest, Vec<referrers::Referrer>>;
+
+/// `%XX` decoded (invalid escapes kept as they are); `+` and space both mean `+`, as a
+/// form-decoded query turns `+` into a space and media types hold no spaces.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b' ', ..) => {
+                out.push(b'+');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).replace(' ', "+")
+}
+
+fn referrers_file(refs: &Referrers, subject: &Digest, artifact_type: Option<&str>) -> Kind {
+    let list = refs.get(subject).map(Vec::as_slice).unwrap_or_default();
+    let body = match artifact_type {
+        None => referrers::index_json(list),
+        Some(t) => referrers::index_json(list.iter().filter(|r| r.artifact_type.as_deref() == Some(t))),
+    };
+    Kind::File(Content::Bytes(body.into()))
+}
+
+fn dyn_dir(d: Dyn) -> Kind {
+    Kind::Dynamic(d)
+}
+
+/// `n` as written in a request: 1 to 9 decimal digits.
+fn parse_n(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+}
+
+/// The entry `name` of a computed directory, if there is one.
+pub fn dyn_lookup(reg: &Registry, d: &Dyn, name: &str) -> Option<Kind> {
+    if name.is_empty() || name == "." || name == ".." {
+        return None;
+    }
+    match d {
+        Dyn::PageRoot(list) => match name {
+            ".to" => Some(dyn_dir(Dyn::To(list.clone(), None))),
+            ".end" => Some(dyn_dir(Dyn::EndRoot(list.clone()))),
+            ".none" => Some(dyn_dir(Dyn::NoneDir(list.clone()))),
+            _ => Some(dyn_dir(Dyn::Page { list: list.clone(), n: parse_n(name)?, last: None, depth: 0 })),
+        },
+        Dyn::Page { list, n, last, depth } => {
+            let entries = list.entries(reg)?;
+            if name == "@" {
+                let up = "../".repeat(depth + 1);
+                let target = match page::resolve(&entries, *n, last.as_deref()) {
+                    Target::Next { n, next } => format!("{up}.to/{n}/{}", page::encode(&next)),
+                    Target::End { after: Some(a) } => format!("{up}.end/{}", page::encode(&a)),
+                    Target::End { after: None } => format!("{up}.end/-"),
+                    Target::Empty => format!("{up}.none"),
+                };
+                return Some(Kind::Link(target));
+            }
+            if name.starts_with('.') || name.contains('@') || *depth >= 64 {
+                return None;
+            }
+            let part = page::decode(name);
+            let last = Some(match last {
+                Some(l) => format!("{l}/{part}"),
+                None => part,
+            });
+            Some(dyn_dir(Dyn::Page { list: list.clone(), n: *n, last, depth: depth + 1 }))
+        }
+        Dyn::To(list, None) => Some(dyn_dir(Dyn::To(list.clone(), Some(parse_n(name)?)))),
+        Dyn::To(list, Some(n)) => {
+            let next = page::decode(name);
+            page::ending_at(&list.entries(reg)?, *n, &next)?;
+            Some(dyn_dir(Dyn::ToDir(list.clone(), *n, next)))
+        }
+        Dyn::EndRoot(list) => {
+            list.entries(reg)?;
+            let after = (name != "-").then(|| page::decode(name));
+            Some(dyn_dir(Dyn::EndDir(list.clone(), after)))
+        }
+        Dyn::Referrers(refs, None) if name == ".type" => Some(dyn_dir(Dyn::Referrers(refs.clone(), Some(None)))),
+        Dyn::Referrers(refs, None) => Some(referrers_file(refs, &name.parse().ok()?, None)),
+        Dyn::Referrers(refs, Some(None)) => {
+            Some(dyn_dir(Dyn::Referrers(refs.clone(), Some(Some((name.parse().ok()?, None))))))
+        }
+        Dyn::Referrers(refs, Some(Some((subject, prefix)))) => {
+            let part = percent_decode(name);
+            let full = match prefix {
+                Some(p) if !part.contains('/') => format!("{p}/{part}"),
+                Some(_) => return None,
+                None if part.contains('/') => part,
+                None => {
+                    return Some(dyn_dir(Dyn::Referrers(refs.clone(), Some(Some((*subject, Some(part)))))));
+                }
+            };
+            referrers::split_media_type(&full)?;
+            Some(referrers_file(refs, subject, Some(&full)))
+        }
+        Dyn::ToDir(..) | Dyn::EndDir(..) | Dyn::NoneDir(..) => {
+            dyn_children(reg, d).into_iter().find(|(n, _)| n == name).map(|(_, k)| k)
+        }
+    }
+}
+
+/// The entries of a computed directory that can be listed (the page files).
+pub fn dyn_children(reg: &Registry, d: &Dyn) -> Vec<(String, Kind)> {
+    let file = |bytes: Vec<u8>| Kind::File(Content::Bytes(bytes.into()));
+    match d {
+        Dyn::ToDir(list, n, next) => {
+            let Some(entries) = list.entries(reg) else { return Vec::new() };
+            match page::ending_at(&entries, *n, next) {
+                Some(names) => vec![(format!("{}.next", page::encode(next)), file(list.json(&names)))],
+                None => Vec::new(),
+            }
+        }
+        Dyn::EndDir(list, after) => match list.entries(reg) {
+            Some(entries) => vec![("end".into(), file(list.json(&page::after(&entries, after.as_deref()))))],
+            None => Vec::new(),
+        },
+        Dyn::NoneDir(list) => match list.entries(reg) {
+            Some(_) => vec![("end".into(), file(list.json(&[])))],
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +341,9 @@ impl Tree {
             serde_json::to_vec(&serde_json::json!({ "repositories": reg.catalog() })).expect("plain JSON");
         catalog.push(b'\n');
         b.file(v2, "_catalog", Content::Bytes(catalog.into()), false);
+        b.add(v2, ".catalog", dyn_dir(Dyn::PageRoot(Listing::Catalog)), false);
+        let index = index_page::render(reg, &view.snapshot.images);
+        b.file(ROOT, "index.html", Content::Bytes(index.into_bytes().into()), false);
         for (name, repo) in &reg.repos {
             let mut dir = v2;
             for c in name.split('/') {
@@ -166,6 +352,7 @@ impl Tree {
             let tags = b.dir(dir, "tags");
             b.file(tags, "list", Content::Bytes(tags_json(reg, name, None).into()), false);
             b.add(tags, ".after", Kind::Dir { children: BTreeMap::new(), after_tags_of: Some(name.clone()) }, false);
+            b.add(tags, ".page", dyn_dir(Dyn::PageRoot(Listing::Tags(name.clone()))), false);
             let manifests = b.dir(dir, "manifests");
             let refs = b.dir(manifests, ".ref");
             for d in &repo.manifests {
@@ -196,6 +383,8 @@ impl Tree {
                 };
                 b.file(blobs, &digest_name(d), content, true);
             }
+            let refs = Arc::new(referrers::of_repo(reg, repo));
+            b.add(dir, ".referrers", dyn_dir(Dyn::Referrers(refs, None)), false);
         }
         Tree { view, nodes: b.nodes }
     }
@@ -217,5 +406,106 @@ impl Tree {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> Registry {
+        let mut reg = Registry::default();
+        let d = Digest::of(b"m");
+        for repo in ["a/x", "b", "c"] {
+            let r = reg.repos.entry(repo.into()).or_default();
+            for t in ["t1", "t2", "t3"] {
+                r.tags.insert(t.into(), d);
+            }
+        }
+        reg
+    }
+
+    /// Follows `path` from a computed directory; links are returned as they are.
+    fn walk(reg: &Registry, root: Dyn, path: &str) -> Option<Kind> {
+        let mut kind = Kind::Dynamic(root);
+        for part in path.split('/') {
+            let Kind::Dynamic(d) = &kind else { return None };
+            kind = dyn_lookup(reg, d, part)?;
+        }
+        Some(kind)
+    }
+
+    fn link(k: Option<Kind>) -> String {
+        match k {
+            Some(Kind::Link(t)) => t,
+            other => panic!("not a link: {other:?}"),
+        }
+    }
+
+    fn bytes(k: Option<Kind>) -> String {
+        match k {
+            Some(Kind::File(Content::Bytes(b))) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("not a file: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pages_link_to_their_target() {
+        let reg = reg();
+        let tags = || Dyn::PageRoot(Listing::Tags("b".into()));
+        assert_eq!(link(walk(&reg, tags(), "2/@")), "../.to/2/t2");
+        assert_eq!(bytes(walk(&reg, tags(), ".to/2/t2/t2.next")), "{\"name\":\"b\",\"tags\":[\"t1\",\"t2\"]}\n");
+        assert_eq!(link(walk(&reg, tags(), "2/t2/@")), "../../.end/t2");
+        assert_eq!(bytes(walk(&reg, tags(), ".end/t2/end")), "{\"name\":\"b\",\"tags\":[\"t3\"]}\n");
+        assert_eq!(link(walk(&reg, tags(), "0/@")), "../.none");
+        assert_eq!(bytes(walk(&reg, tags(), ".none/end")), "{\"name\":\"b\",\"tags\":[]}\n");
+        assert_eq!(link(walk(&reg, tags(), "9/@")), "../.end/-");
+        assert!(walk(&reg, tags(), ".to/2/t3/t3.next").is_some());
+        assert!(walk(&reg, tags(), ".to/2/nope").is_none(), "not a tag");
+        for bad in ["x/@", "-1/@", "1234567890/@", "2/../@", "2/.ref/@", "2/a@b/@"] {
+            assert!(walk(&reg, tags(), bad).is_none(), "{bad}");
+        }
+        assert!(walk(&reg, Dyn::PageRoot(Listing::Tags("nope".into())), "1/@").is_none());
+        // Catalog: `last` as components or with %2F; `next` with %2F.
+        let cat = || Dyn::PageRoot(Listing::Catalog);
+        assert_eq!(link(walk(&reg, cat(), "1/@")), "../.to/1/a%2Fx");
+        assert_eq!(link(walk(&reg, cat(), "1/a/x/@")), "../../../.to/1/b");
+        assert_eq!(link(walk(&reg, cat(), "1/a%2Fx/@")), "../../.to/1/b");
+        assert_eq!(bytes(walk(&reg, cat(), ".to/1/a%2Fx/a%2Fx.next")), "{\"repositories\":[\"a/x\"]}\n");
+        assert_eq!(dyn_children(&reg, &Dyn::ToDir(Listing::Catalog, 1, "a/x".into()))[0].0, "a%2Fx.next");
+    }
+
+    #[test]
+    fn referrers_answer_any_digest_and_filter_however_encoded() {
+        let reg = Registry::default();
+        let subject = Digest::of(b"s");
+        let r = referrers::Referrer {
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            digest: Digest::of(b"r"),
+            size: 1,
+            artifact_type: Some("application/vnd.x+json".into()),
+            annotations: BTreeMap::new(),
+        };
+        let refs = Arc::new(Referrers::from([(subject, vec![r])]));
+        let root = || Dyn::Referrers(refs.clone(), None);
+        let count = |k: Option<Kind>| {
+            let v: serde_json::Value = serde_json::from_str(&bytes(k)).unwrap();
+            v["manifests"].as_array().unwrap().len()
+        };
+        assert_eq!(count(walk(&reg, root(), &subject.to_string())), 1);
+        assert_eq!(count(walk(&reg, root(), &Digest::of(b"other").to_string())), 0);
+        for t in [
+            "application/vnd.x+json",
+            "application%2Fvnd.x%2Bjson",
+            "application/vnd.x%2bjson",
+            "application/vnd.x json",
+        ] {
+            assert_eq!(count(walk(&reg, root(), &format!(".type/{subject}/{t}"))), 1, "{t}");
+        }
+        assert_eq!(count(walk(&reg, root(), &format!(".type/{subject}/application/other"))), 0);
+        for bad in ["sha256:zz", ".type/sha256:zz/a/b", &format!(".type/{subject}/a%2F..%2Fb")] {
+            assert!(walk(&reg, root(), bad).is_none(), "{bad}");
+        }
+        assert_eq!(percent_decode("a%2fb%2Bc+d%zz%"), "a/b+c+d%zz%");
     }
 }

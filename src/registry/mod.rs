@@ -8,12 +8,16 @@
 //! ([`manifest`]). One digest is one blob of one size: an image whose layer claims
 //! another blob's digest with another size is excluded. Lists are verbatim only when
 //! every child is present and verbatim. Images that cannot be served byte-exact are
-//! listed in [`Registry::excluded`] with the reason. This module does no I/O and knows
-//! nothing of FUSE.
+//! listed in [`Registry::excluded`] with the reason. [`referrers`] (manifests by
+//! `subject`), [`page`] (`n`/`last` paging) and [`index_page`] (the HTML index) are
+//! further pure views of the model. This module does no I/O and knows nothing of FUSE.
 
 pub mod compressed;
+pub mod index_page;
 pub mod manifest;
+pub mod page;
 pub mod reference;
+pub mod referrers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

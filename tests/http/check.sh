@@ -106,6 +106,36 @@ for m in GET HEAD; do
     is "$what: API version" "$(hdr Docker-Distribution-API-Version)" registry/2.0
 done
 
+# ---- index page ------------------------------------------------------------------------------
+if [[ -f $MNT/index.html ]]; then
+    for p in / /index.html; do
+        for m in GET HEAD; do
+            req $m "$p" -H 'Accept-Encoding: gzip'
+            is "$what: status" "$status" 200
+            is "$what: Content-Type" "$(hdr Content-Type)" "text/html; charset=utf-8"
+            is "$what: Cache-Control" "$(hdr Cache-Control)" no-cache
+            is "$what: Content-Length" "$(hdr Content-Length)" "$(size "$MNT/index.html")"
+        done
+        req GET "$p"
+        holds "$what: body = index.html" cmp "$tmp/b" "$MNT/index.html"
+    done
+fi
+
+# link_next: the URL of the last response's Link rel="next" ("" if none)
+link_next() { hdr Link | sed -n 's/^<\(.*\)>; rel="next"$/\1/p'; }
+# pages FIRST_PATH KEY: follows Link headers; prints the names of every page, one a line
+pages() {
+    local path=$1 key=$2 n=0
+    while [[ -n $path ]]; do
+        req GET "$path"
+        [[ $status == 200 ]] || { bad "$what: status $status"; return; }
+        jq -r ".$key[]" "$tmp/b"
+        path=$(link_next)
+        n=$((n + 1))
+        [[ $n -lt 1000 ]] || { bad "$what: paging does not end"; return; }
+    done
+}
+
 # ---- catalog ----------------------------------------------------------------------------------
 mapfile -t repos < <(find "$MNT/v2" -name '.*' -prune -o -path '*/tags/list' -type f -printf '%P\n' \
     | sed 's,/tags/list$,,' | sort)
@@ -123,6 +153,22 @@ for m in GET HEAD; do
 done
 req GET /v2/_catalog
 holds "$what: body = v2/_catalog" cmp "$tmp/b" "$MNT/v2/_catalog"
+all_repos=$(jq -r '.repositories[]' "$MNT/v2/_catalog")
+for n in 1 2 7; do
+    is "_catalog?n=$n followed by Link: every repository once, in order" "$(pages "/v2/_catalog?n=$n" repositories)" "$all_repos"
+done
+req GET "/v2/_catalog?n=0"
+is "$what: body" "$(jq -c . "$tmp/b" 2>/dev/null)" '{"repositories":[]}'
+is "$what: no Link" "$(hdr Link)" ""
+req GET "/v2/_catalog?n=${#repos[@]}"
+is "$what: all in one page, no Link" "$(hdr Link)" ""
+req GET "/v2/_catalog?n=1&last=${repos[0]}"
+is "$what: Link" "$(hdr Link)" \
+    "$([[ ${#repos[@]} -gt 2 ]] && echo "</v2/_catalog?n=1&last=${repos[1]//\//%2F}>; rel=\"next\"")"
+for p in "/v2/_catalog?n=x" "/v2/_catalog?n=-1" "/v2/_catalog?last=..%2f..%2fetc" "/v2/_catalog?last=.catalog"; do
+    req GET "$p"
+    error_is 400 '!NAME_UNKNOWN'
+done
 
 # ---- per repository ---------------------------------------------------------------------------
 check_manifest() { # REPO REF DIGEST KIND
@@ -237,8 +283,28 @@ for repo in "${repos[@]}"; do
             "$(jq -cS --arg l "$last" '{name, tags: [.tags[] | select(. > $l)]}' "$r/tags/list")"
     done
     for last in '../../../_catalog' '.ref' '%2e%2e%2f%2e%2e%2f_catalog'; do
-        req GET "/v2/$repo/tags/list?last=$last"
-        case $status in 400 | 404) error_is "$status" '!NAME_UNKNOWN' ;; *) is "$what: status" "$status" 400 ;; esac
+        for n in "" 1; do
+            req GET "/v2/$repo/tags/list?last=$last${n:+&n=$n}"
+            case $status in 400 | 404) error_is "$status" '!NAME_UNKNOWN' ;; *) is "$what: status" "$status" 400 ;; esac
+        done
+    done
+    # n and last: pages of n tags, Link to the next while more remain (a cstor-fs mount
+    # computes tags/.page; a fake-tree.sh tree has none)
+    [[ -d $r/tags/.page ]] || bad "tree: $repo has no tags/.page (paging not checked)"
+    for n in 1 2 3; do
+        is "$repo: tags/list?n=$n followed by Link: every tag once, in order" \
+            "$(pages "/v2/$repo/tags/list?n=$n" tags)" "$(printf '%s\n' "${tags[@]}" | sed '/^$/d')"
+    done
+    req GET "/v2/$repo/tags/list?n=1"
+    is "$what: Cache-Control" "$(hdr Cache-Control)" no-cache
+    is "$what: Link" "$(hdr Link)" \
+        "$([[ ${#tags[@]} -gt 1 ]] && echo "</v2/$repo/tags/list?n=1&last=${tags[0]}>; rel=\"next\"")"
+    req GET "/v2/$repo/tags/list?n=0"
+    is "$what: body" "$(jq -c .tags "$tmp/b" 2>/dev/null)" "[]"
+    is "$what: no Link" "$(hdr Link)" ""
+    for n in x -1 1000000000; do
+        req GET "/v2/$repo/tags/list?n=$n"
+        error_is 400 '!NAME_UNKNOWN'
     done
 
     # manifests by tag and by digest
@@ -277,10 +343,32 @@ for repo in "${repos[@]}"; do
         check_ranges "$repo" "$largest"
     fi
 
-    # what is not there
+    # referrers: an OCI index for any digest, as the tree has it (empty if nothing refers)
     some=${digests[0]:-$ZERO}
-    req GET "/v2/$repo/referrers/$some"
-    error_is 404 '!NAME_UNKNOWN'
+    for d in "$some" "$ZERO"; do
+        for m in GET HEAD; do
+            req $m "/v2/$repo/referrers/$d"
+            is "$what: status" "$status" 200
+            is "$what: Content-Type" "$(hdr Content-Type)" application/vnd.oci.image.index.v1+json
+            is "$what: OCI-Filters-Applied" "$(hdr OCI-Filters-Applied)" ""
+        done
+        want='{"manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}'
+        [[ -f $r/.referrers/$d ]] && want=$(jq -cS . "$r/.referrers/$d")
+        req GET "/v2/$repo/referrers/$d"
+        is "$what: body" "$(jq -cS . "$tmp/b" 2>/dev/null || echo '<not JSON>')" "$want"
+        req GET "/v2/$repo/referrers/$d?artifactType=application/vnd.oci.image.config.v1%2Bjson"
+        is "$what: status" "$status" 200
+        is "$what: OCI-Filters-Applied" "$(hdr OCI-Filters-Applied)" artifactType
+        is "$what: only that type" "$(jq -c '[.manifests[] | select(.artifactType != "application/vnd.oci.image.config.v1+json")]' "$tmp/b")" "[]"
+    done
+    for p in "referrers/sha256:abc" "referrers/latest" "manifests/sha256:totallywrong" "blobs/sha256:abc" "blobs/latest"; do
+        for m in GET HEAD; do
+            req $m "/v2/$repo/$p"
+            error_is 400 DIGEST_INVALID
+        done
+    done
+
+    # what is not there
     for m in GET HEAD; do
         req $m "/v2/$repo/manifests/cstor-check-no-such-tag"
         error_is 404 MANIFEST_UNKNOWN
@@ -313,9 +401,17 @@ for m in GET HEAD; do
     done
 done
 req GET "/v2/$nr/referrers/$ZERO"
-error_is 404 '!NAME_UNKNOWN'
+is "$what: status (never 404 for referrers)" "$status" 200
+is "$what: Content-Type" "$(hdr Content-Type)" application/vnd.oci.image.index.v1+json
 
-for p in / /v2 /_catalog /v2/../ /v2/%2e%2e/ /v2/%2e%2e/%2e%2e/etc/passwd /v2/../../etc/passwd \
+# /v2/../ is / after normalisation: the index page (where the tree has one), nothing else.
+for p in /v2/../ /v2/%2e%2e/; do
+    req GET "$p"
+    if [[ -f $MNT/index.html && $status == 200 ]]; then holds "$what: the index page" cmp "$tmp/b" "$MNT/index.html"; else
+        case $status in 400 | 404) error_is "$status" '!NAME_UNKNOWN' ;; *) is "$what: status" "$status" 404 ;; esac
+    fi
+done
+for p in /v2 /_catalog /index.htm /v2/index.html /v2/.catalog/1/@/end /v2/%2e%2e/%2e%2e/etc/passwd /v2/../../etc/passwd \
     /v2/..%2f..%2fetc%2fpasswd /v2/.ref /v2/_catalog/x "/v2/$ZERO"; do
     req GET "$p"
     case $status in 400 | 404) error_is "$status" '!NAME_UNKNOWN' ;; *) is "$what: status" "$status" 404 ;; esac

@@ -13,6 +13,9 @@
 #   v2/<repo>/manifests/.ref/<tag>        -> sha256:<hex>
 #   v2/<repo>/manifests/.ref/sha256:<hex>/sha256:<hex>.<kind>
 #   v2/<repo>/blobs/sha256:<hex>
+#   v2/<repo>/tags/.page/<n>/[<last>/]@   -> .to/<n>/<next> | .end/<last>|- | .none   (n and last;
+#   v2/.catalog/<n>/[<last...>/]@         the real fs answers any n and last: this fake has the
+#                                         n check.sh uses, after every name; see the mount's docs)
 #
 # Repositories:
 #   docker.io/library/alpine    a real, pullable tiny image (one uncompressed tar layer) in every
@@ -182,5 +185,44 @@ finish_repo $repo
 # ---- catalog --------------------------------------------------------------------------------
 find "$root/v2" -path '*/tags/list' -printf '%P\n' | sed 's,/tags/list$,,' | sort | jq -R . \
     | jq -jcs '{repositories: .}' >"$root/v2/_catalog"
+# ---- pages (n and last), as the fs computes them ---------------------------------------------
+python3 - "$root" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+def write(path, names, key, repo):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    body = {"name": repo, "tags": names} if key == "tags" else {"repositories": names}
+    with open(path, "w") as f:
+        f.write(json.dumps(body, separators=(",", ":")) + "\n")
+def pages(base, names, key, repo=None):
+    enc = lambda n: n.replace("/", "%2F")
+    for n in sorted({0, 1, 2, 3, 7, len(names)}):
+        for last in [None] + names:
+            rest = [x for x in names if last is None or x > last]
+            comps = last.split("/") if last else []
+            up = "../" * (len(comps) + 1)
+            if n == 0:
+                target = up + ".none"
+                write(f"{base}/.none/end", [], key, repo)
+            elif len(rest) > n:
+                target = f"{up}.to/{n}/{enc(rest[n - 1])}"
+                write(f"{base}/.to/{n}/{enc(rest[n - 1])}/{enc(rest[n - 1])}.next", rest[:n], key, repo)
+            else:
+                e = enc(last) if last else "-"
+                target = f"{up}.end/{e}"
+                write(f"{base}/.end/{e}/end", rest, key, repo)
+            d = os.path.join(base, str(n), *comps)
+            os.makedirs(d, exist_ok=True)
+            os.symlink(target, os.path.join(d, "@"))
+            if len(comps) > 1:  # the same `last` as one component, `/` as %2F (nginx passes it raw)
+                d = os.path.join(base, str(n), enc(last))
+                os.makedirs(d, exist_ok=True)
+                os.symlink(target[len("../" * (len(comps) - 1)):], os.path.join(d, "@"))
+catalog = json.load(open(f"{root}/v2/_catalog"))["repositories"]
+pages(f"{root}/v2/.catalog", catalog, "repositories")
+for repo in catalog:
+    tags = json.load(open(f"{root}/v2/{repo}/tags/list"))["tags"]
+    pages(f"{root}/v2/{repo}/tags/.page", tags, "tags", repo)
+PY
 echo "fake tree in $root:"
 jq -c . "$root/v2/_catalog"

@@ -4,6 +4,7 @@
 //! them; `rootless` also uidmap and useradd); a missing tool fails the test rather than
 //! skipping it.
 
+mod api;
 mod clients;
 mod common;
 mod compress;
