@@ -5,16 +5,19 @@
 //! files into a random-access [`tarsplit::LayerBlob`]; [`registry`] is a pure
 //! model of repositories, tags, manifests and blobs built from a snapshot; [`fs`]
 //! presents that model through FUSE; [`userns`] lets a rootless store be read with
-//! the rights of podman's user namespace. The binary (`main.rs`) is glue.
+//! the rights of podman's user namespace; [`serve`] runs nginx or Caddy over a mount,
+//! with [`tls`] certificates and [`htpasswd`] users when serving beyond loopback. The binary (`main.rs`) is glue.
 
 pub mod confine;
 pub mod digest;
 pub mod fs;
+pub mod htpasswd;
 pub mod live;
 pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod tarsplit;
+pub mod tls;
 pub mod userns;
 
 pub use digest::{Digest, Id};

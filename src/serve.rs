@@ -4,6 +4,11 @@
 //! and address; the mount is a `cstor-fs -f` child process and the server another.
 //! SIGINT/SIGTERM/SIGHUP (or either child dying) stops the server, unmounts and removes
 //! the runtime directory.
+//!
+//! TLS and authentication are blocks of the same configs, commented out: lines marked
+//! `#[tls] ` / `#[auth] ` are uncommented by [`render_blocks`] when [`ServeConfig::tls`] /
+//! [`ServeConfig::htpasswd`] is set, and lines ending in `#[plain]` are dropped with TLS.
+//! Plain HTTP is only served on a loopback address unless asked for ([`check_exposure`]).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,6 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::fs::is_mounted;
+use crate::htpasswd::Htpasswd;
 
 const NGINX_MAIN: &str = include_str!("../nginx/nginx.conf");
 const NGINX_SERVER: &str = include_str!("../nginx/cstor-fs.conf");
@@ -43,6 +49,27 @@ pub struct ServeConfig {
     pub server: Server,
     /// Directory for the mount and the server's files (created, removed at the end).
     pub runtime_dir: PathBuf,
+    /// Serve HTTPS with this certificate (chain) and key.
+    pub tls: Option<Tls>,
+    /// Require HTTP Basic authentication against these users.
+    pub htpasswd: Option<Htpasswd>,
+    /// Allow plain HTTP on a non-loopback address.
+    pub insecure_http: bool,
+}
+
+/// PEM files for the server: a certificate (chain) and its private key.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Refuses plain HTTP on an address other machines can reach, unless `insecure_http`.
+pub fn check_exposure(listen: SocketAddr, tls: bool, insecure_http: bool) -> Result<(), Error> {
+    if tls || insecure_http || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(Error::Exposed(listen))
 }
 
 /// Errors name what to do about them.
@@ -52,6 +79,13 @@ pub enum Error {
     Missing(&'static str, &'static str),
     #[error("cannot listen on {0}: {1} (is another server using it? pick one with --listen)")]
     PortTaken(SocketAddr, io::Error),
+    #[error(
+        "refusing to serve plain HTTP on {0}, which is not a loopback address: anyone who can reach it \
+         could read every image in the store and change what clients receive on the way. Add --tls (a \
+         CA made and kept for you) or --tls-cert FILE --tls-key FILE, and --htpasswd FILE to require a \
+         password; or add --insecure-http if this network is trusted"
+    )]
+    Exposed(SocketAddr),
     #[error("{0}")]
     Failed(String),
     #[error("{what}: {source}")]
@@ -90,6 +124,30 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
     let mut out = template.to_string();
     for (k, v) in vars {
         out = out.replace(&format!("@{k}@"), v);
+    }
+    out
+}
+
+/// Uncomments the lines of the optional blocks in `on` (`<indent>#[NAME] text` becomes
+/// `<indent>text`) and, with `tls` on, drops the lines ending in `#[plain]`. Lines of
+/// blocks that are off stay comments.
+pub fn render_blocks(template: &str, on: &[&str]) -> String {
+    let mut out = String::with_capacity(template.len());
+    for line in template.lines() {
+        if on.contains(&"tls") && line.trim_end().ends_with("#[plain]") {
+            continue;
+        }
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let uncommented = on.iter().find_map(|b| body.strip_prefix(&format!("#[{b}] ")));
+        match uncommented {
+            Some(rest) => {
+                out.push_str(indent);
+                out.push_str(rest);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
     }
     out
 }
@@ -160,15 +218,20 @@ impl Drop for Session {
     }
 }
 
-fn http_ok(addr: SocketAddr) -> bool {
+/// Whether the server answers: `GET /v2/` gets 200 (401 when it asks for credentials);
+/// over TLS, which this has no client for, that it accepts connections.
+fn http_ok(addr: SocketAddr, tls: bool) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    if tls {
+        return true;
+    }
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let req = format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
     let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+    s.read_exact(&mut buf).is_ok() && (buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.1 401"))
 }
 
 fn wait_until(
@@ -221,6 +284,7 @@ fn signal_channel() -> io::Result<mpsc::Receiver<i32>> {
 
 /// Runs until a stop signal or a child's death. `on_ready` gets the mount path and URL.
 pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), Error> {
+    check_exposure(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
     let signals = signal_channel().map_err(io_err("setting up signal handling"))?;
     let (program, package) = match cfg.server {
         Server::Nginx => ("nginx", "nginx"),
@@ -268,13 +332,33 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
 
     let mount_s = session.mnt.to_string_lossy().to_string();
     let listen_s = cfg.listen.to_string();
+    let mut blocks = Vec::new();
+    let path_s = |p: &Path| p.to_string_lossy().to_string();
+    let (cert_s, key_s) = match &cfg.tls {
+        Some(t) => {
+            blocks.push("tls");
+            (path_s(&t.cert), path_s(&t.key))
+        }
+        None => (String::new(), String::new()),
+    };
+    let (htpasswd_s, caddy_users) = match &cfg.htpasswd {
+        Some(h) => {
+            blocks.push("auth");
+            (path_s(&h.path), h.caddy_accounts("\t\t"))
+        }
+        None => (String::new(), String::new()),
+    };
+    let secure = [("TLS_CERT", cert_s.as_str()), ("TLS_KEY", key_s.as_str()), ("HTPASSWD", htpasswd_s.as_str())];
     let mut cmd = match cfg.server {
         Server::Nginx => {
             let prefix = dir.join("nginx");
             std::fs::create_dir_all(&prefix).map_err(io_err("creating the nginx prefix"))?;
-            let vars = [("MOUNT", mount_s.as_str()), ("LISTEN", listen_s.as_str())];
-            std::fs::write(prefix.join("nginx.conf"), render(NGINX_MAIN, &vars))
-                .and_then(|_| std::fs::write(prefix.join("cstor-fs.conf"), render(NGINX_SERVER, &vars)))
+            let mut vars = vec![("MOUNT", mount_s.as_str()), ("LISTEN", listen_s.as_str())];
+            vars.extend(secure);
+            let main = render(&render_blocks(NGINX_MAIN, &blocks), &vars);
+            let server = render(&render_blocks(NGINX_SERVER, &blocks), &vars);
+            std::fs::write(prefix.join("nginx.conf"), main)
+                .and_then(|_| std::fs::write(prefix.join("cstor-fs.conf"), server))
                 .map_err(io_err("writing the nginx config"))?;
             let mut c = Command::new(&server_bin);
             c.arg("-c").arg(prefix.join("nginx.conf")).arg("-p").arg(format!("{}/", prefix.display()));
@@ -289,9 +373,15 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
                 std::net::IpAddr::V4(ip) => ip.to_string(),
             };
             let port = cfg.listen.port().to_string();
-            let vars = [("MOUNT", mount_s.as_str()), ("LISTEN_HOST", host.as_str()), ("LISTEN_PORT", port.as_str())];
+            let mut vars = vec![
+                ("MOUNT", mount_s.as_str()),
+                ("LISTEN_HOST", host.as_str()),
+                ("LISTEN_PORT", port.as_str()),
+                ("CADDY_USERS", caddy_users.as_str()),
+            ];
+            vars.extend(secure);
             let file = state.join("Caddyfile");
-            std::fs::write(&file, render(CADDYFILE, &vars)).map_err(io_err("writing the Caddyfile"))?;
+            std::fs::write(&file, render(&render_blocks(CADDYFILE, &blocks), &vars)).map_err(io_err("writing the Caddyfile"))?;
             let mut c = Command::new(&server_bin);
             c.args(["run", "--adapter", "caddyfile", "--config"]).arg(&file);
             c.env("HOME", &state).env("XDG_CONFIG_HOME", &state).env("XDG_DATA_HOME", &state);
@@ -302,10 +392,10 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
     detach_signals(&mut cmd);
     let child = cmd.spawn().map_err(io_err(format!("starting {}", server_bin.display())))?;
     let running = session.server.insert(Running { child, name: cfg.server.name() });
-    let listen = cfg.listen;
-    wait_until("it answered GET /v2/", running, Duration::from_secs(30), || http_ok(listen))?;
+    let (listen, tls) = (cfg.listen, cfg.tls.is_some());
+    wait_until("it answered GET /v2/", running, Duration::from_secs(30), || http_ok(listen, tls))?;
 
-    on_ready(&session.mnt, &format!("http://{}", cfg.listen));
+    on_ready(&session.mnt, &format!("{}://{}", if tls { "https" } else { "http" }, cfg.listen));
     loop {
         if let Ok(sig) = signals.recv_timeout(Duration::from_millis(200)) {
             log::info!("signal {sig}: stopping {} and unmounting", cfg.server.name());
