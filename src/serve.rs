@@ -381,7 +381,8 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
             ];
             vars.extend(secure);
             let file = state.join("Caddyfile");
-            std::fs::write(&file, render(&render_blocks(CADDYFILE, &blocks), &vars)).map_err(io_err("writing the Caddyfile"))?;
+            std::fs::write(&file, render(&render_blocks(CADDYFILE, &blocks), &vars))
+                .map_err(io_err("writing the Caddyfile"))?;
             let mut c = Command::new(&server_bin);
             c.args(["run", "--adapter", "caddyfile", "--config"]).arg(&file);
             c.env("HOME", &state).env("XDG_CONFIG_HOME", &state).env("XDG_DATA_HOME", &state);

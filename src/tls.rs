@@ -73,9 +73,9 @@ pub fn hostname() -> Option<String> {
     let end = buf.iter().position(|b| *b == 0).unwrap_or(0);
     let name = std::str::from_utf8(&buf[..end]).ok()?.to_ascii_lowercase();
     let ok = !name.is_empty()
-        && name.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     ok.then_some(name)
 }
 
@@ -184,9 +184,11 @@ pub fn ensure(state_dir: &Path, names: &[String]) -> Result<Made, Error> {
     // SAFETY: flock on a file we hold open; released when `lock` drops.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
 
-    let (ca, ca_key, cert, key) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("server.crt"), dir.join("server.key"));
+    let (ca, ca_key, cert, key) =
+        (dir.join("ca.crt"), dir.join("ca.key"), dir.join("server.crt"), dir.join("server.key"));
     let now = OffsetDateTime::now_utc();
-    let mut made = Made { ca: ca.clone(), cert: cert.clone(), key: key.clone(), names: vec![], new_ca: false, new_cert: false };
+    let mut made =
+        Made { ca: ca.clone(), cert: cert.clone(), key: key.clone(), names: vec![], new_ca: false, new_cert: false };
 
     if !ca.exists() || !ca_key.exists() {
         if ca.exists() != ca_key.exists() {

@@ -161,7 +161,7 @@ fn host_arch() -> &'static str {
 // containerd
 
 /// A private containerd: config, root, state, opt dir and sockets in a TempDir.
-struct Containerd {
+pub(crate) struct Containerd {
     child: Option<Child>,
     sock: PathBuf,
     log: PathBuf,
@@ -170,7 +170,7 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(tag: &str) -> Containerd {
+    pub(crate) fn start(tag: &str) -> Containerd {
         let bin = need("containerd", "Debian package containerd");
         let ctr = need("ctr", "Debian package containerd");
         let dir = TempDir::new(tag);
@@ -222,18 +222,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         c
     }
 
-    fn ctr(&self, args: &[&str]) -> Command {
+    pub(crate) fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ctr);
         cmd.arg("--address").arg(&self.sock).args(args);
         cmd
     }
 
-    fn ctr_out(&self, args: &[&str]) -> String {
+    pub(crate) fn ctr_out(&self, args: &[&str]) -> String {
         stdout_or_panic(&mut self.ctr(args), &format!("ctr {args:?}"), &self.log)
     }
 
     /// Stops containerd; returns what had to be cleaned up besides it.
-    fn stop(&mut self) -> Vec<String> {
+    pub(crate) fn stop(&mut self) -> Vec<String> {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c, Duration::from_secs(15));
         }
@@ -369,7 +369,7 @@ const DOCKER_SIDE_EFFECTS: [&str; 6] = [
 
 /// A private dockerd (vfs, no networking, no iptables) in its own mount namespace, with
 /// its own containerd (dockerd's managed one would create /opt/containerd).
-struct Dockerd {
+pub(crate) struct Dockerd {
     child: Option<Child>,
     sock: PathBuf,
     log: PathBuf,
@@ -381,6 +381,12 @@ struct Dockerd {
 
 impl Dockerd {
     fn start(insecure_registry: &str) -> Dockerd {
+        Dockerd::start_in(Some(insecure_registry), None)
+    }
+
+    /// `etc_docker`: a directory dockerd sees as /etc/docker (bind-mounted in its private
+    /// mount namespace), e.g. holding certs.d/HOST:PORT/ca.crt.
+    pub(crate) fn start_in(insecure_registry: Option<&str>, etc_docker: Option<&Path>) -> Dockerd {
         let bin = need("dockerd", "Debian package docker.io");
         // The CLI of the same release when there is one; a newer one negotiates down.
         let docker = match Path::new("/usr/bin/docker") {
@@ -402,8 +408,12 @@ impl Dockerd {
         let log_file = std::fs::File::create(&log).unwrap();
         // A private mount namespace: dockerd's bind mount of its data root (and anything
         // else it mounts) dies with it.
-        let child = Command::new(unshare)
-            .args(["--mount", "--propagation", "private"])
+        let mut cmd = Command::new(unshare);
+        cmd.args(["--mount", "--propagation", "private"]);
+        if let Some(etc) = etc_docker {
+            cmd.args(["sh", "-c", "mount --bind \"$0\" /etc/docker && exec \"$@\""]).arg(etc);
+        }
+        let child = cmd
             .arg(bin)
             .arg("--config-file")
             .arg(&config)
@@ -418,7 +428,7 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs"])
-            .args(["--insecure-registry", insecure_registry])
+            .args(insecure_registry.map(|r| ["--insecure-registry", r]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -444,7 +454,7 @@ impl Dockerd {
         dk
     }
 
-    fn docker(&self, args: &[&str]) -> Command {
+    pub(crate) fn docker(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.docker);
         cmd.arg("-H").arg(format!("unix://{}", self.sock.display())).args(args);
         // The CLI's own config (and anything it caches) stays in the TempDir too.
@@ -452,12 +462,12 @@ impl Dockerd {
         cmd
     }
 
-    fn docker_out(&self, args: &[&str]) -> String {
+    pub(crate) fn docker_out(&self, args: &[&str]) -> String {
         stdout_or_panic(&mut self.docker(args), &format!("docker {args:?}"), &self.log)
     }
 
     /// Stops dockerd and its containerd; returns what had to be cleaned up besides them.
-    fn stop(&mut self) -> Vec<String> {
+    pub(crate) fn stop(&mut self) -> Vec<String> {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c, Duration::from_secs(20));
         }

@@ -8,6 +8,7 @@ mod clients;
 mod common;
 mod hardening;
 mod mount;
+mod network;
 mod rootless;
 mod serve;
 mod store;
