@@ -314,7 +314,9 @@ fn serve(
             let user = if creds.is_empty() { "" } else { " --user USER:PASSWORD" };
             println!("    ctr:     ctr images pull --hosts-dir /etc/containerd/certs.d{user} {host}/{ex}");
             println!("             or, for a HOST other than localhost/127.0.0.1 (containerd 1.6 speaks plain");
-            println!("             HTTP to those unless hosts.toml says https): ctr images pull --tlscacert {ca}{user} ...");
+            println!(
+                "             HTTP to those unless hosts.toml says https): ctr images pull --tlscacert {ca}{user} ..."
+            );
         } else {
             println!("  catalog:   curl {url}/v2/_catalog");
             println!("  pull:      podman pull{creds} {host}/{ex}");

@@ -416,9 +416,10 @@ mod tests {
 
     #[test]
     fn templates_have_their_placeholders_and_render_them() {
-        for (t, names) in
-            [(NGINX_SERVER, &["MOUNT", "LISTEN"][..]), (CADDYFILE, &["MOUNT", "LISTEN_HOST", "LISTEN_PORT"][..])]
-        {
+        for (t, names) in [
+            (NGINX_SERVER, &["MOUNT", "LISTEN", "TLS_CERT", "TLS_KEY", "HTPASSWD"][..]),
+            (CADDYFILE, &["MOUNT", "LISTEN_HOST", "LISTEN_PORT", "TLS_CERT", "TLS_KEY", "CADDY_USERS"][..]),
+        ] {
             let vars: Vec<(&str, &str)> = names.iter().map(|n| (*n, "X")).collect();
             for n in names {
                 assert!(t.contains(&format!("@{n}@")), "{n}");
@@ -427,6 +428,41 @@ mod tests {
             for n in names {
                 assert!(!out.contains(&format!("@{n}@")));
             }
+        }
+    }
+
+    #[test]
+    fn blocks_are_uncommented_only_when_on() {
+        let t = "a {\n    listen X;   #[plain]\n    #[tls] listen X ssl;\n\t#[auth] auth_basic on;\n    # #[tls] prose\n}\n";
+        assert_eq!(render_blocks(t, &[]), t);
+        assert_eq!(
+            render_blocks(t, &["tls"]),
+            "a {\n    listen X ssl;\n\t#[auth] auth_basic on;\n    # #[tls] prose\n}\n"
+        );
+        assert_eq!(
+            render_blocks(t, &["auth"]),
+            "a {\n    listen X;   #[plain]\n    #[tls] listen X ssl;\n\tauth_basic on;\n    # #[tls] prose\n}\n"
+        );
+        // The shipped configs: with everything on, no marker is left outside comments.
+        for t in [NGINX_SERVER, CADDYFILE] {
+            let out = render_blocks(t, &["tls", "auth"]);
+            let code = out.lines().filter(|l| !l.trim_start().starts_with('#'));
+            assert!(code.clone().all(|l| !l.contains("#[plain]")), "{out}");
+            assert!(out.lines().all(|l| !l.trim_start().starts_with("#[")), "{out}");
+            assert!(out.contains("ssl_certificate") || out.contains("tls \"@TLS_CERT@\""));
+        }
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_unless_asked() {
+        for a in ["127.0.0.1:80", "127.3.2.1:80", "[::1]:80"] {
+            assert!(check_exposure(a.parse().unwrap(), false, false).is_ok(), "{a}");
+        }
+        for a in ["0.0.0.0:80", "10.0.0.1:80", "[::]:80"] {
+            let e = check_exposure(a.parse().unwrap(), false, false).unwrap_err().to_string();
+            assert!(e.contains("--tls") && e.contains("--insecure-http"), "{e}");
+            assert!(check_exposure(a.parse().unwrap(), true, false).is_ok());
+            assert!(check_exposure(a.parse().unwrap(), false, true).is_ok());
         }
     }
 }

@@ -425,8 +425,12 @@ fn caddy_tls_makes_a_ca_once_and_reuses_it() {
     self_signed("caddy");
 }
 
-/// docker login, then docker pull over HTTPS verified by /etc/docker/certs.d (a private
-/// directory bind-mounted over /etc/docker in dockerd's own mount namespace).
+/// docker login, then docker pull over HTTPS, with the CA in /etc/docker/certs.d (a
+/// private directory bind-mounted over /etc/docker in dockerd's own mount namespace).
+/// What this does not prove: that dockerd verified the certificate. dockerd always treats
+/// 127.0.0.0/8 as an insecure registry (TLS without verification), and all traffic here
+/// stays on loopback. It does prove login and pull over TLS (the server speaks nothing
+/// else) and byte-exact images.
 fn docker_pulls(server: &'static str) {
     assert!(Path::new("/etc/docker").is_dir(), "/etc/docker must exist (as a mount point for the test's own)");
     let fx = Fixture::shared("overlay");
