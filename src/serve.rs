@@ -152,6 +152,33 @@ pub fn render_blocks(template: &str, on: &[&str]) -> String {
     out
 }
 
+/// Writes the entries of `h` to `path` for nginx's workers: 0640 root:nogroup when `root`
+/// (the workers' group), 0600 otherwise (they run as this user). Returns the path.
+fn write_worker_htpasswd(path: &Path, h: &Htpasswd, root: bool) -> Result<String, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let text: String = h.entries.iter().map(|e| format!("{}:{}\n", e.user, e.hash)).collect();
+    let what = || format!("writing {}", path.display());
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err(what()))?;
+    f.write_all(text.as_bytes()).map_err(io_err(what()))?;
+    if root {
+        // SAFETY: getgrnam gets a NUL-terminated name; the result is read at once.
+        let gid = unsafe {
+            let g = libc::getgrnam(c"nogroup".as_ptr());
+            if g.is_null() {
+                None
+            } else {
+                Some((*g).gr_gid)
+            }
+        };
+        let gid = gid.ok_or_else(|| Error::Failed("no group `nogroup` for nginx's workers".into()))?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(gid)).map_err(io_err(what()))?;
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(io_err(what()))?;
+    }
+    Ok(path.to_string_lossy().to_string())
+}
+
 /// Children get default signal handling and their own process group, so a terminal's
 /// Ctrl-C reaches only `serve`, which then stops them in order.
 fn detach_signals(cmd: &mut Command) {
@@ -355,6 +382,14 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
             std::fs::create_dir_all(&prefix).map_err(io_err("creating the nginx prefix"))?;
             let mut vars = vec![("MOUNT", mount_s.as_str()), ("LISTEN", listen_s.as_str())];
             vars.extend(secure);
+            // Workers read the user file on every request, and run as nobody:nogroup when
+            // started by root: they get a checked copy readable by that group only.
+            let users_copy;
+            if let Some(h) = &cfg.htpasswd {
+                users_copy = write_worker_htpasswd(&prefix.join("htpasswd"), h, root)?;
+                vars.retain(|(k, _)| *k != "HTPASSWD");
+                vars.push(("HTPASSWD", users_copy.as_str()));
+            }
             let main = render(&render_blocks(NGINX_MAIN, &blocks), &vars);
             let server = render(&render_blocks(NGINX_SERVER, &blocks), &vars);
             std::fs::write(prefix.join("nginx.conf"), main)
@@ -381,7 +416,10 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
             ];
             vars.extend(secure);
             let file = state.join("Caddyfile");
-            std::fs::write(&file, render(&render_blocks(CADDYFILE, &blocks), &vars))
+            // Caddy runs as this user; the file may hold password hashes.
+            std::fs::write(&file, "")
+                .and_then(|_| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)))
+                .and_then(|_| std::fs::write(&file, render(&render_blocks(CADDYFILE, &blocks), &vars)))
                 .map_err(io_err("writing the Caddyfile"))?;
             let mut c = Command::new(&server_bin);
             c.args(["run", "--adapter", "caddyfile", "--config"]).arg(&file);

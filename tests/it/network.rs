@@ -29,6 +29,8 @@ fn htpasswd_file(dir: &Path) -> PathBuf {
     run(Command::new("htpasswd").args(["-B", "-b"]).arg(&f).args(["bob", "other-pw"]));
     let text = std::fs::read_to_string(&f).unwrap();
     assert!(text.lines().all(|l| l.split(':').nth(1).unwrap().starts_with("$2y$")), "{text}");
+    // Root-only, as it should be: nginx's workers (nobody) still get to check passwords.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     f
 }
 
