@@ -129,9 +129,12 @@ enum Cmd {
         store: StoreArgs,
         #[command(flatten)]
         compress: CompressArgs,
-        /// Address to listen on; serving beyond localhost is an explicit choice.
+        /// Address to listen on; serving beyond localhost is an explicit choice (needs
+        /// --tls, --tls-cert or --insecure-http).
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        net: NetArgs,
         /// HTTP server to run.
         #[arg(long, value_enum, default_value_t = ServerArg::Nginx)]
         server: ServerArg,
@@ -181,6 +184,32 @@ enum Cmd {
         /// Names (repo:tag, repo), image ids or id prefixes; default: everything.
         images: Vec<String>,
     },
+}
+
+/// `serve`'s TLS and authentication flags.
+#[derive(Args, Debug, Clone)]
+struct NetArgs {
+    /// Serve HTTPS with a CA and server certificate made once and kept in --state-dir
+    /// (clients trust the CA; serve prints how).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls: bool,
+    /// Serve HTTPS with this PEM certificate (chain).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where --tls keeps its CA and certificate (default: /var/lib/cstor-fs for root,
+    /// $XDG_STATE_HOME/cstor-fs otherwise).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Require HTTP Basic authentication by the users of this file (bcrypt entries, as
+    /// `htpasswd -B` writes them).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback --listen address.
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -234,8 +263,8 @@ fn main() -> ExitCode {
                 publish(store, &images, &cfg)
             })
         }
-        Some(Cmd::Serve { store, compress, listen, server, runtime_dir }) => {
-            serve(store, &compress, listen, server, runtime_dir)
+        Some(Cmd::Serve { store, compress, listen, net, server, runtime_dir }) => {
+            serve(store, &compress, listen, net, server, runtime_dir)
         }
         None => mount(cli.mount),
     };
@@ -293,9 +322,35 @@ fn serve(
     store: StoreArgs,
     compress: &CompressArgs,
     listen: std::net::SocketAddr,
+    net: NetArgs,
     server: ServerArg,
     runtime_dir: Option<PathBuf>,
 ) -> Result<ExitCode> {
+    let tls_asked = net.tls || net.tls_cert.is_some();
+    // Before anything else: a refusal must not wait for the store.
+    cstor_fs::serve::check_exposure(listen, tls_asked, net.insecure_http)?;
+    let htpasswd = net.htpasswd.as_deref().map(cstor_fs::htpasswd::Htpasswd::load).transpose()?;
+    if htpasswd.is_some() && !tls_asked && !listen.ip().is_loopback() {
+        log::warn!("--htpasswd without TLS on {listen}: passwords cross the network in the clear");
+    }
+    let made = if net.tls {
+        let state = net.state_dir.clone().unwrap_or_else(cstor_fs::tls::default_state_dir);
+        Some(cstor_fs::tls::ensure(&state, &cstor_fs::tls::host_names(listen))?)
+    } else {
+        None
+    };
+    let tls = match (&made, net.tls_cert, net.tls_key) {
+        (Some(m), _, _) => Some(cstor_fs::serve::Tls { cert: m.cert.clone(), key: m.key.clone() }),
+        (None, Some(cert), Some(key)) => {
+            let abs = |p: PathBuf| std::path::absolute(&p).with_context(|| format!("{}", p.display()));
+            let (cert, key) = (abs(cert)?, abs(key)?);
+            for p in [&cert, &key] {
+                std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+            }
+            Some(cstor_fs::serve::Tls { cert, key })
+        }
+        _ => None,
+    };
     // Resolve the store now, so a wrong path fails before anything starts.
     let live = open_live(store.storage.clone(), store.driver.as_deref())?;
     let loc = live.store().location().clone();
@@ -320,22 +375,62 @@ fn serve(
             ServerArg::Caddy => cstor_fs::serve::Server::Caddy,
         },
         runtime_dir: runtime_dir.unwrap_or_else(cstor_fs::serve::default_runtime_dir),
+        tls,
+        htpasswd,
+        insecure_http: net.insecure_http,
     };
+    let secure = cfg.tls.is_some();
+    let creds = if cfg.htpasswd.is_some() { " --creds USER:PASSWORD" } else { "" };
     cstor_fs::serve::run(&cfg, |mnt, url| {
-        let host = url.trim_start_matches("http://");
+        let host = url.trim_start_matches("http://").trim_start_matches("https://");
+        // The name clients use: the address, or this host's name for a wildcard one.
+        let host = match listen.ip().is_unspecified() {
+            true => format!("{}:{}", cstor_fs::tls::hostname().unwrap_or_else(|| "HOST".into()), listen.port()),
+            false => host.to_string(),
+        };
         println!(
             "cstor-fs: serving {} ({}) at {url} with {server:?}, mounted at {}",
             loc.graphroot.display(),
             loc.driver,
             mnt.display()
         );
-        println!("  catalog:   curl {url}/v2/_catalog");
-        if let Some(ex) = &example {
-            println!("  pull:      podman pull --tls-verify=false {host}/{ex}");
-            println!("             skopeo inspect --tls-verify=false docker://{host}/{ex}");
+        let ex = example.clone().unwrap_or_else(|| "REPO:TAG".into());
+        if !secure {
+            println!("  catalog:   curl {url}/v2/_catalog");
+            println!("  pull:      podman pull --tls-verify=false{creds} {host}/{ex}");
+            println!("             skopeo inspect --tls-verify=false{creds} docker://{host}/{ex}");
+            println!("  or trust it in /etc/containers/registries.conf.d/cstor-fs.conf:");
+            println!("             [[registry]]\n             location = \"{host}\"\n             insecure = true");
+        } else if let Some(m) = &made {
+            let ca = m.ca.display();
+            let url = url.replace(&listen.to_string(), &host);
+            println!("  TLS:       certificate for {} from the CA {ca}", m.names.join(", "));
+            println!("  catalog:   curl --cacert {ca} {url}/v2/_catalog");
+            println!("  trust the CA on each client (as root), then pull with TLS verification on:");
+            println!("    podman, skopeo, buildah, bootc (containers/image):");
+            println!("             install -D -m 0644 {ca} /etc/containers/certs.d/{host}/ca.crt");
+            println!("             podman pull{creds} {host}/{ex}");
+            println!("    docker:  install -D -m 0644 {ca} /etc/docker/certs.d/{host}/ca.crt");
+            println!("             docker pull {host}/{ex}");
+            println!("    containerd (CRI, nerdctl): install -D -m 0644 {ca} /etc/containerd/certs.d/{host}/ca.crt");
+            println!("             and /etc/containerd/certs.d/{host}/hosts.toml:");
+            println!("               server = \"https://{host}\"");
+            println!("               [host.\"https://{host}\"]\n                 ca = \"/etc/containerd/certs.d/{host}/ca.crt\"");
+            let user = if creds.is_empty() { "" } else { " --user USER:PASSWORD" };
+            println!("    ctr:     ctr images pull --hosts-dir /etc/containerd/certs.d{user} {host}/{ex}");
+            println!("             or, for a HOST other than localhost/127.0.0.1 (containerd 1.6 speaks plain");
+            println!(
+                "             HTTP to those unless hosts.toml says https): ctr images pull --tlscacert {ca}{user} ..."
+            );
+        } else {
+            println!("  catalog:   curl {url}/v2/_catalog");
+            println!("  pull:      podman pull{creds} {host}/{ex}");
         }
-        println!("  or trust it in /etc/containers/registries.conf.d/cstor-fs.conf:");
-        println!("             [[registry]]\n             location = \"{host}\"\n             insecure = true");
+        if creds.is_empty() {
+            println!("  no authentication: anyone who can reach {host} can pull (add --htpasswd FILE)");
+        } else {
+            println!("  log in:    podman login {host} / docker login {host} (users of the htpasswd file)");
+        }
         println!("Ctrl-C stops the server and unmounts.");
         let _ = std::io::stdout().flush();
     })?;

@@ -4,6 +4,11 @@
 //! and address; the mount is a `cstor-fs -f` child process and the server another.
 //! SIGINT/SIGTERM/SIGHUP (or either child dying) stops the server, unmounts and removes
 //! the runtime directory.
+//!
+//! TLS and authentication are blocks of the same configs, commented out: lines marked
+//! `#[tls] ` / `#[auth] ` are uncommented by [`render_blocks`] when [`ServeConfig::tls`] /
+//! [`ServeConfig::htpasswd`] is set, and lines ending in `#[plain]` are dropped with TLS.
+//! Plain HTTP is only served on a loopback address unless asked for ([`check_exposure`]).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,6 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::fs::is_mounted;
+use crate::htpasswd::Htpasswd;
 
 const NGINX_MAIN: &str = include_str!("../nginx/nginx.conf");
 const NGINX_SERVER: &str = include_str!("../nginx/cstor-fs.conf");
@@ -43,6 +49,27 @@ pub struct ServeConfig {
     pub server: Server,
     /// Directory for the mount and the server's files (created, removed at the end).
     pub runtime_dir: PathBuf,
+    /// Serve HTTPS with this certificate (chain) and key.
+    pub tls: Option<Tls>,
+    /// Require HTTP Basic authentication against these users.
+    pub htpasswd: Option<Htpasswd>,
+    /// Allow plain HTTP on a non-loopback address.
+    pub insecure_http: bool,
+}
+
+/// PEM files for the server: a certificate (chain) and its private key.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Refuses plain HTTP on an address other machines can reach, unless `insecure_http`.
+pub fn check_exposure(listen: SocketAddr, tls: bool, insecure_http: bool) -> Result<(), Error> {
+    if tls || insecure_http || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(Error::Exposed(listen))
 }
 
 /// Errors name what to do about them.
@@ -52,6 +79,13 @@ pub enum Error {
     Missing(&'static str, &'static str),
     #[error("cannot listen on {0}: {1} (is another server using it? pick one with --listen)")]
     PortTaken(SocketAddr, io::Error),
+    #[error(
+        "refusing to serve plain HTTP on {0}, which is not a loopback address: anyone who can reach it \
+         could read every image in the store and change what clients receive on the way. Add --tls (a \
+         CA made and kept for you) or --tls-cert FILE --tls-key FILE, and --htpasswd FILE to require a \
+         password; or add --insecure-http if this network is trusted"
+    )]
+    Exposed(SocketAddr),
     #[error("{0}")]
     Failed(String),
     #[error("{what}: {source}")]
@@ -92,6 +126,57 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
         out = out.replace(&format!("@{k}@"), v);
     }
     out
+}
+
+/// Uncomments the lines of the optional blocks in `on` (`<indent>#[NAME] text` becomes
+/// `<indent>text`) and, with `tls` on, drops the lines ending in `#[plain]`. Lines of
+/// blocks that are off stay comments.
+pub fn render_blocks(template: &str, on: &[&str]) -> String {
+    let mut out = String::with_capacity(template.len());
+    for line in template.lines() {
+        if on.contains(&"tls") && line.trim_end().ends_with("#[plain]") {
+            continue;
+        }
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let uncommented = on.iter().find_map(|b| body.strip_prefix(&format!("#[{b}] ")));
+        match uncommented {
+            Some(rest) => {
+                out.push_str(indent);
+                out.push_str(rest);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes the entries of `h` to `path` for nginx's workers: 0640 root:nogroup when `root`
+/// (the workers' group), 0600 otherwise (they run as this user). Returns the path.
+fn write_worker_htpasswd(path: &Path, h: &Htpasswd, root: bool) -> Result<String, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let text: String = h.entries.iter().map(|e| format!("{}:{}\n", e.user, e.hash)).collect();
+    let what = || format!("writing {}", path.display());
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err(what()))?;
+    f.write_all(text.as_bytes()).map_err(io_err(what()))?;
+    if root {
+        // SAFETY: getgrnam gets a NUL-terminated name; the result is read at once.
+        let gid = unsafe {
+            let g = libc::getgrnam(c"nogroup".as_ptr());
+            if g.is_null() {
+                None
+            } else {
+                Some((*g).gr_gid)
+            }
+        };
+        let gid = gid.ok_or_else(|| Error::Failed("no group `nogroup` for nginx's workers".into()))?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(gid)).map_err(io_err(what()))?;
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(io_err(what()))?;
+    }
+    Ok(path.to_string_lossy().to_string())
 }
 
 /// Children get default signal handling and their own process group, so a terminal's
@@ -160,15 +245,20 @@ impl Drop for Session {
     }
 }
 
-fn http_ok(addr: SocketAddr) -> bool {
+/// Whether the server answers: `GET /v2/` gets 200 (401 when it asks for credentials);
+/// over TLS, which this has no client for, that it accepts connections.
+fn http_ok(addr: SocketAddr, tls: bool) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    if tls {
+        return true;
+    }
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let req = format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
     let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+    s.read_exact(&mut buf).is_ok() && (buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.1 401"))
 }
 
 fn wait_until(
@@ -221,6 +311,7 @@ fn signal_channel() -> io::Result<mpsc::Receiver<i32>> {
 
 /// Runs until a stop signal or a child's death. `on_ready` gets the mount path and URL.
 pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), Error> {
+    check_exposure(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
     let signals = signal_channel().map_err(io_err("setting up signal handling"))?;
     let (program, package) = match cfg.server {
         Server::Nginx => ("nginx", "nginx"),
@@ -268,13 +359,41 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
 
     let mount_s = session.mnt.to_string_lossy().to_string();
     let listen_s = cfg.listen.to_string();
+    let mut blocks = Vec::new();
+    let path_s = |p: &Path| p.to_string_lossy().to_string();
+    let (cert_s, key_s) = match &cfg.tls {
+        Some(t) => {
+            blocks.push("tls");
+            (path_s(&t.cert), path_s(&t.key))
+        }
+        None => (String::new(), String::new()),
+    };
+    let (htpasswd_s, caddy_users) = match &cfg.htpasswd {
+        Some(h) => {
+            blocks.push("auth");
+            (path_s(&h.path), h.caddy_accounts("\t\t"))
+        }
+        None => (String::new(), String::new()),
+    };
+    let secure = [("TLS_CERT", cert_s.as_str()), ("TLS_KEY", key_s.as_str()), ("HTPASSWD", htpasswd_s.as_str())];
     let mut cmd = match cfg.server {
         Server::Nginx => {
             let prefix = dir.join("nginx");
             std::fs::create_dir_all(&prefix).map_err(io_err("creating the nginx prefix"))?;
-            let vars = [("MOUNT", mount_s.as_str()), ("LISTEN", listen_s.as_str())];
-            std::fs::write(prefix.join("nginx.conf"), render(NGINX_MAIN, &vars))
-                .and_then(|_| std::fs::write(prefix.join("cstor-fs.conf"), render(NGINX_SERVER, &vars)))
+            let mut vars = vec![("MOUNT", mount_s.as_str()), ("LISTEN", listen_s.as_str())];
+            vars.extend(secure);
+            // Workers read the user file on every request, and run as nobody:nogroup when
+            // started by root: they get a checked copy readable by that group only.
+            let users_copy;
+            if let Some(h) = &cfg.htpasswd {
+                users_copy = write_worker_htpasswd(&prefix.join("htpasswd"), h, root)?;
+                vars.retain(|(k, _)| *k != "HTPASSWD");
+                vars.push(("HTPASSWD", users_copy.as_str()));
+            }
+            let main = render(&render_blocks(NGINX_MAIN, &blocks), &vars);
+            let server = render(&render_blocks(NGINX_SERVER, &blocks), &vars);
+            std::fs::write(prefix.join("nginx.conf"), main)
+                .and_then(|_| std::fs::write(prefix.join("cstor-fs.conf"), server))
                 .map_err(io_err("writing the nginx config"))?;
             let mut c = Command::new(&server_bin);
             c.arg("-c").arg(prefix.join("nginx.conf")).arg("-p").arg(format!("{}/", prefix.display()));
@@ -289,9 +408,19 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
                 std::net::IpAddr::V4(ip) => ip.to_string(),
             };
             let port = cfg.listen.port().to_string();
-            let vars = [("MOUNT", mount_s.as_str()), ("LISTEN_HOST", host.as_str()), ("LISTEN_PORT", port.as_str())];
+            let mut vars = vec![
+                ("MOUNT", mount_s.as_str()),
+                ("LISTEN_HOST", host.as_str()),
+                ("LISTEN_PORT", port.as_str()),
+                ("CADDY_USERS", caddy_users.as_str()),
+            ];
+            vars.extend(secure);
             let file = state.join("Caddyfile");
-            std::fs::write(&file, render(CADDYFILE, &vars)).map_err(io_err("writing the Caddyfile"))?;
+            // Caddy runs as this user; the file may hold password hashes.
+            std::fs::write(&file, "")
+                .and_then(|_| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)))
+                .and_then(|_| std::fs::write(&file, render(&render_blocks(CADDYFILE, &blocks), &vars)))
+                .map_err(io_err("writing the Caddyfile"))?;
             let mut c = Command::new(&server_bin);
             c.args(["run", "--adapter", "caddyfile", "--config"]).arg(&file);
             c.env("HOME", &state).env("XDG_CONFIG_HOME", &state).env("XDG_DATA_HOME", &state);
@@ -302,10 +431,10 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
     detach_signals(&mut cmd);
     let child = cmd.spawn().map_err(io_err(format!("starting {}", server_bin.display())))?;
     let running = session.server.insert(Running { child, name: cfg.server.name() });
-    let listen = cfg.listen;
-    wait_until("it answered GET /v2/", running, Duration::from_secs(30), || http_ok(listen))?;
+    let (listen, tls) = (cfg.listen, cfg.tls.is_some());
+    wait_until("it answered GET /v2/", running, Duration::from_secs(30), || http_ok(listen, tls))?;
 
-    on_ready(&session.mnt, &format!("http://{}", cfg.listen));
+    on_ready(&session.mnt, &format!("{}://{}", if tls { "https" } else { "http" }, cfg.listen));
     loop {
         if let Ok(sig) = signals.recv_timeout(Duration::from_millis(200)) {
             log::info!("signal {sig}: stopping {} and unmounting", cfg.server.name());
@@ -325,9 +454,10 @@ mod tests {
 
     #[test]
     fn templates_have_their_placeholders_and_render_them() {
-        for (t, names) in
-            [(NGINX_SERVER, &["MOUNT", "LISTEN"][..]), (CADDYFILE, &["MOUNT", "LISTEN_HOST", "LISTEN_PORT"][..])]
-        {
+        for (t, names) in [
+            (NGINX_SERVER, &["MOUNT", "LISTEN", "TLS_CERT", "TLS_KEY", "HTPASSWD"][..]),
+            (CADDYFILE, &["MOUNT", "LISTEN_HOST", "LISTEN_PORT", "TLS_CERT", "TLS_KEY", "CADDY_USERS"][..]),
+        ] {
             let vars: Vec<(&str, &str)> = names.iter().map(|n| (*n, "X")).collect();
             for n in names {
                 assert!(t.contains(&format!("@{n}@")), "{n}");
@@ -336,6 +466,41 @@ mod tests {
             for n in names {
                 assert!(!out.contains(&format!("@{n}@")));
             }
+        }
+    }
+
+    #[test]
+    fn blocks_are_uncommented_only_when_on() {
+        let t = "a {\n    listen X;   #[plain]\n    #[tls] listen X ssl;\n\t#[auth] auth_basic on;\n    # #[tls] prose\n}\n";
+        assert_eq!(render_blocks(t, &[]), t);
+        assert_eq!(
+            render_blocks(t, &["tls"]),
+            "a {\n    listen X ssl;\n\t#[auth] auth_basic on;\n    # #[tls] prose\n}\n"
+        );
+        assert_eq!(
+            render_blocks(t, &["auth"]),
+            "a {\n    listen X;   #[plain]\n    #[tls] listen X ssl;\n\tauth_basic on;\n    # #[tls] prose\n}\n"
+        );
+        // The shipped configs: with everything on, no marker is left outside comments.
+        for t in [NGINX_SERVER, CADDYFILE] {
+            let out = render_blocks(t, &["tls", "auth"]);
+            let code = out.lines().filter(|l| !l.trim_start().starts_with('#'));
+            assert!(code.clone().all(|l| !l.contains("#[plain]")), "{out}");
+            assert!(out.lines().all(|l| !l.trim_start().starts_with("#[")), "{out}");
+            assert!(out.contains("ssl_certificate") || out.contains("tls \"@TLS_CERT@\""));
+        }
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_unless_asked() {
+        for a in ["127.0.0.1:80", "127.3.2.1:80", "[::1]:80"] {
+            assert!(check_exposure(a.parse().unwrap(), false, false).is_ok(), "{a}");
+        }
+        for a in ["0.0.0.0:80", "10.0.0.1:80", "[::]:80"] {
+            let e = check_exposure(a.parse().unwrap(), false, false).unwrap_err().to_string();
+            assert!(e.contains("--tls") && e.contains("--insecure-http"), "{e}");
+            assert!(check_exposure(a.parse().unwrap(), true, false).is_ok());
+            assert!(check_exposure(a.parse().unwrap(), false, true).is_ok());
         }
     }
 }

@@ -212,7 +212,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         c
     }
 
-    fn ctr(&self, args: &[&str]) -> Command {
+    pub(crate) fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.ctr);
         cmd.arg("--address").arg(&self.sock).args(args);
         cmd
@@ -369,6 +369,12 @@ pub(crate) struct Dockerd {
 
 impl Dockerd {
     pub(crate) fn start(insecure_registry: &str) -> Dockerd {
+        Dockerd::start_in(Some(insecure_registry), None)
+    }
+
+    /// `etc_docker`: a directory dockerd sees as /etc/docker (bind-mounted in its private
+    /// mount namespace), e.g. holding certs.d/HOST:PORT/ca.crt.
+    pub(crate) fn start_in(insecure_registry: Option<&str>, etc_docker: Option<&Path>) -> Dockerd {
         let bin = need("dockerd", "Debian package docker.io");
         // The CLI of the same release when there is one; a newer one negotiates down.
         let docker = match Path::new("/usr/bin/docker") {
@@ -390,8 +396,11 @@ impl Dockerd {
         // A private mount namespace: dockerd's bind mount of its data root (and anything
         // else it mounts) dies with it.
         let mut cmd = Command::new(unshare);
-        cmd.args(["--mount", "--propagation", "private"])
-            .arg(bin)
+        cmd.args(["--mount", "--propagation", "private"]);
+        if let Some(etc) = etc_docker {
+            cmd.args(["sh", "-c", "mount --bind \"$0\" /etc/docker && exec \"$@\""]).arg(etc);
+        }
+        cmd.arg(bin)
             .arg("--config-file")
             .arg(&config)
             .arg("--containerd")
@@ -405,7 +414,7 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs"])
-            .args(["--insecure-registry", insecure_registry])
+            .args(insecure_registry.map(|r| ["--insecure-registry", r]).into_iter().flatten())
             .process_group(0);
         let proc = Daemon::spawn("dockerd", cmd, Some(log.clone()));
         let mut dk = Dockerd { proc, sock, log, docker, made_run_docker, dir, containerd };
@@ -419,7 +428,7 @@ impl Dockerd {
         dk
     }
 
-    fn docker(&self, args: &[&str]) -> Command {
+    pub(crate) fn docker(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.docker);
         cmd.arg("-H").arg(format!("unix://{}", self.sock.display())).args(args);
         // The CLI's own config (and anything it caches) stays in the TempDir too.

@@ -10,6 +10,7 @@ mod common;
 mod compress;
 mod hardening;
 mod mount;
+mod network;
 mod podman5;
 mod rootless;
 mod scaleout;
