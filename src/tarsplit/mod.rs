@@ -82,7 +82,8 @@ impl Entry {
 struct FileInfo {
     /// Range of the cleaned, relative path in the name arena.
     name: (u32, u32),
-    crc: Option<u64>,
+    /// The payload's CRC-64 as tar-split recorded it (a file entry without one is refused).
+    crc: u64,
     /// Identity of the file on disk last confirmed to hold exactly the recorded content
     /// ([`stamp`] of its metadata; 0: never). A file changed or replaced since then has
     /// another stamp and is checked again.
@@ -488,21 +489,23 @@ impl<R: BufRead> Parser<R> {
                 if size == 0 {
                     return Ok(());
                 }
-                let crc = match e.payload.as_deref().filter(|p| !p.is_empty()) {
-                    None => None,
-                    Some(p) => {
-                        let mut b = [0u8; 8];
-                        match B64.decode_slice(p, &mut b) {
-                            Ok(8) => Some(u64::from_be_bytes(b)),
-                            Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-                                return Err("file checksum is not 8 bytes".into())
-                            }
-                            Err(e) => return Err(format!("file checksum: {e}")),
-                        }
-                    }
-                };
                 let clean = clean_path(&raw_name)
                     .ok_or_else(|| format!("file entry {:?} names no file", String::from_utf8_lossy(&raw_name)))?;
+                // Without the CRC-64 nothing could tell a changed file from the recorded one.
+                let Some(p) = e.payload.as_deref().filter(|p| !p.is_empty()) else {
+                    return Err(format!(
+                        "file entry {:?} ({size} bytes) has no CRC-64 to check its payload against",
+                        String::from_utf8_lossy(&clean)
+                    ));
+                };
+                let mut b = [0u8; 8];
+                let crc = match B64.decode_slice(p, &mut b) {
+                    Ok(8) => u64::from_be_bytes(b),
+                    Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                        return Err("file checksum is not 8 bytes".into())
+                    }
+                    Err(e) => return Err(format!("file checksum: {e}")),
+                };
                 self.push_file(&clean, size, crc)
             }
             k => Err(format!("unknown entry type {k}")),
@@ -527,7 +530,7 @@ impl<R: BufRead> Parser<R> {
         Ok(())
     }
 
-    fn push_file(&mut self, path: &[u8], size: u64, crc: Option<u64>) -> Result<(), String> {
+    fn push_file(&mut self, path: &[u8], size: u64, crc: u64) -> Result<(), String> {
         let start = self.grow(size)?;
         let file = self.files;
         if file as usize >= MAX_FILES {
