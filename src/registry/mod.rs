@@ -26,9 +26,12 @@ pub use reference::{parse_name, Ref};
 /// Repository that holds images with no name, tagged by their full image id.
 pub const UNTAGGED_REPO: &str = "untagged";
 
-/// Directory names inside a repository; a nested repository may not use them.
-const RESERVED: [&str; 3] = ["blobs", "manifests", "tags"];
-
+/// Entries a repository's directory holds (and `v2/` itself: `_catalog`): a repository
+/// nested in another may not start below one of them, or its path would run into that
+/// repository's own entries. `_catalog` and the hidden `.ref`/`.after` entries are no
+/// valid repository components anyway; they are listed so the rule does not rest on
+/// the grammar. `referrers` is kept free for the referrers API.
+pub const RESERVED: [&str; 5] = ["_catalog", "blobs", "manifests", "referrers", "tags"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repo {
     pub tags: BTreeMap<String, Digest>,
@@ -382,18 +385,19 @@ impl Registry {
         r.blobs.extend(blobs);
     }
 
-    /// A repository `a/b/tags` cannot coexist with a repository `a/b` in a file tree.
+    /// Leaves out every repository whose path runs into another repository's own
+    /// entries: with `a/b` served, `a/b/tags`, `a/b/tags/list` or `a/b/manifests/x`
+    /// would name a file or directory of `a/b` (see [`RESERVED`]). What remains can be
+    /// laid out as a file tree without any two paths meeting.
     fn drop_conflicting_repos(&mut self) {
         let names: Vec<String> = self.repos.keys().cloned().collect();
         for name in names {
-            if let Some((parent, last)) = name.rsplit_once('/') {
-                if RESERVED.contains(&last) && self.repos.contains_key(parent) {
-                    self.repos.remove(&name);
-                    self.excluded.push(Excluded {
-                        image: name.clone(),
-                        reason: format!("repository {name} collides with the {last}/ directory of repository {parent}"),
-                    });
-                }
+            if let Some((parent, entry)) = collision(&name, |p| self.repos.contains_key(p)) {
+                self.repos.remove(&name);
+                self.excluded.push(Excluded {
+                    image: name.clone(),
+                    reason: format!("repository {name} collides with the {entry}/ directory of repository {parent}"),
+                });
             }
         }
     }
@@ -402,6 +406,23 @@ impl Registry {
     pub fn catalog(&self) -> Vec<&str> {
         self.repos.keys().map(String::as_str).collect()
     }
+}
+
+/// The first repository `parent` (for which `is_repo` holds) whose reserved entry
+/// `name` runs into, as (parent, entry). A parent that itself collides needs no care:
+/// whatever it runs into, `name` runs into too.
+pub fn collision<'a>(name: &'a str, is_repo: impl Fn(&str) -> bool) -> Option<(&'a str, &'a str)> {
+    let mut end = 0;
+    while let Some(i) = name[end..].find('/') {
+        let parent = &name[..end + i];
+        let rest = &name[end + i + 1..];
+        let entry = rest.split('/').next().unwrap_or(rest);
+        if RESERVED.contains(&entry) && is_repo(parent) {
+            return Some((parent, entry));
+        }
+        end += i + 1;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -192,6 +192,42 @@ fn reserved_repo_names_conflict() {
 }
 
 #[test]
+fn repos_running_into_another_repos_entries_are_left_out() {
+    // Regression: these reached `unreachable!` in the tree builder.
+    let names = [
+        "localhost/app:1",
+        "localhost/app/tags/list:1",
+        "localhost/app/manifests/x:1",
+        "localhost/app/blobs:1",
+        "localhost/app/blobs/sha256/x:1",
+        "localhost/app/referrers/a:1",
+        "localhost/app/tagsx/y:1",
+        "localhost/app/web/tags:1",
+    ];
+    let images: Vec<Image> = names.iter().enumerate().map(|(i, n)| built(i as u8 + 1, n, &[1]).0).collect();
+    let reg = Registry::build(&snap(images, vec![layer(1, None)]), &LayerChecks::new());
+    let served: Vec<&str> = reg.catalog();
+    assert_eq!(served, ["localhost/app", "localhost/app/tagsx/y", "localhost/app/web/tags"]);
+    let mut left: Vec<(&str, &str)> = reg.excluded.iter().map(|x| (x.image.as_str(), x.reason.as_str())).collect();
+    left.sort();
+    let want = |n: &str, e: &str| {
+        (n.to_string(), format!("repository {n} collides with the {e}/ directory of repository localhost/app"))
+    };
+    let want = [
+        want("localhost/app/blobs", "blobs"),
+        want("localhost/app/blobs/sha256/x", "blobs"),
+        want("localhost/app/manifests/x", "manifests"),
+        want("localhost/app/referrers/a", "referrers"),
+        want("localhost/app/tags/list", "tags"),
+    ];
+    let want: Vec<(&str, &str)> = want.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(left, want);
+    assert_eq!(collision("a/b/c", |p| p == "a"), None);
+    assert_eq!(collision("a/tags", |p| p == "a"), Some(("a", "tags")));
+    assert_eq!(collision("a/b/tags/c", |p| p == "a/b"), Some(("a/b", "tags")));
+}
+
+#[test]
 fn pulled_list_serves_only_for_images_pulled_through_it() {
     let (mut img, m) = built(1, "docker.io/library/alpine:3", &[1]);
     let list = format!(
