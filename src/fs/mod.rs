@@ -90,6 +90,11 @@ impl Shared {
         &self.live
     }
 
+    /// The view the current tree was built from.
+    pub fn served_view(&self) -> Arc<crate::live::View> {
+        self.tree.load().view.clone()
+    }
+
     /// Rebuilds the tree if `Live` published a new view. Returns the entries that
     /// vanished, for the caller to invalidate in the kernel.
     pub fn update(&self) -> Vec<(u64, String)> {

@@ -47,10 +47,8 @@ fn hint(e: &io::Error) -> &'static str {
 /// process exits with status 0 as soon as the mount is live and a child serves it.
 pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0
-        && (cfg.options.allow_other || cfg.options.allow_root)
-        && !fuse_conf_allows_other()
-    {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && (cfg.options.allow_other || cfg.options.allow_root) && !fuse_conf_allows_other() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "allow_other and allow_root need `user_allow_other` in /etc/fuse.conf when not mounting as root: \
@@ -72,13 +70,7 @@ pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     }
     let mut config = Config::default();
     config.mount_options = opts;
-    config.acl = if cfg.options.allow_other {
-        SessionACL::All
-    } else if cfg.options.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
+    config.acl = session_acl(&cfg.options, root)?;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let mut session = Session::new(CstorFs::new(shared.clone()), &cfg.mountpoint, &config)
@@ -138,6 +130,26 @@ pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     log::info!("unmounted {}", cfg.mountpoint.display());
     drop(keeper);
     r
+}
+
+/// Who may use the mount. fuser lets fusermount3 unmount automatically only when it
+/// checks access itself (`allow_root`/`allow_other`); for root, `allow_root` admits
+/// exactly the owner, so `auto_unmount` alone works as with libfuse file systems.
+fn session_acl(options: &MountOptions, root: bool) -> io::Result<SessionACL> {
+    Ok(if options.allow_other {
+        SessionACL::All
+    } else if options.allow_root || (options.auto_unmount && root) {
+        SessionACL::RootAndOwner
+    } else if options.auto_unmount {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "auto_unmount needs allow_root (or allow_other) when not mounting as root, because the FUSE \
+             library cstor-fs uses hands the unmount to fusermount3 only for mounts it checks access to itself: \
+             add -o allow_root (and `user_allow_other` to /etc/fuse.conf), or leave auto_unmount out",
+        ));
+    } else {
+        SessionACL::Owner
+    })
 }
 
 /// Enters the store's user namespace if planned; returns the keeper that unmounts from
@@ -205,45 +217,61 @@ fn force_unmount(dir: &std::path::Path) {
     }
 }
 
+/// Never ends: a failed refresh (an error, or a panic building the new state) is logged,
+/// the last good tree keeps being served, and the next tick tries again, so the next
+/// store change is still picked up.
 fn refresh_loop(shared: &Shared, notifier: &Notifier, poll: Duration) {
     let mut last_err = String::new();
     loop {
         std::thread::sleep(poll);
-        let before = shared.live().view();
-        match shared.live().refresh() {
-            Ok(Some(view)) => {
-                last_err.clear();
-                let gone = shared.update();
-                // podman touches the lock files on every command: only real changes are news.
-                let (a, b) = (&before.registry, &view.registry);
-                if a.repos != b.repos || a.excluded != b.excluded || !gone.is_empty() {
-                    log::info!(
-                        "store changed: {} repositories, {} images left out, {} names gone",
-                        b.repos.len(),
-                        b.excluded.len(),
-                        gone.len()
-                    );
-                    for w in &view.snapshot.warnings {
-                        log::warn!("{w}");
-                    }
-                    for x in b.excluded.iter().filter(|x| !a.excluded.contains(x)) {
-                        log::warn!("left out {}: {}", x.image, x.reason);
-                    }
-                }
-                for (parent, name) in gone {
-                    // ENOENT just means the kernel had not cached it.
-                    let _ = notifier.inval_entry(INodeNo(parent), name.as_ref());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last_err {
-                    log::error!("reading the store: {msg} (still serving the last good state)");
-                    last_err = msg;
-                }
+        let step =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| refresh_once(shared, notifier, &mut last_err)));
+        if step.is_err() {
+            let msg = "refreshing the view failed (see the panic above); still serving the last good state".to_string();
+            if msg != last_err {
+                log::error!("{msg}");
+                last_err = msg;
             }
         }
+    }
+}
+
+fn refresh_once(shared: &Shared, notifier: &Notifier, last_err: &mut String) {
+    // What is served now: the tree's view (behind `Live`'s if building a tree failed).
+    let before = shared.served_view();
+    if let Err(e) = shared.live().refresh() {
+        let msg = e.to_string();
+        if msg != *last_err {
+            log::error!("reading the store: {msg} (still serving the last good state)");
+            *last_err = msg;
+        }
+        return;
+    }
+    let view = shared.live().view();
+    if Arc::ptr_eq(&before, &view) {
+        return;
+    }
+    let gone = shared.update();
+    last_err.clear();
+    // podman touches the lock files on every command: only real changes are news.
+    let (a, b) = (&before.registry, &view.registry);
+    if a.repos != b.repos || a.excluded != b.excluded || !gone.is_empty() {
+        log::info!(
+            "store changed: {} repositories, {} images left out, {} names gone",
+            b.repos.len(),
+            b.excluded.len(),
+            gone.len()
+        );
+        for w in &view.snapshot.warnings {
+            log::warn!("{w}");
+        }
+        for x in b.excluded.iter().filter(|x| !a.excluded.contains(x)) {
+            log::warn!("left out {}: {}", x.image, x.reason);
+        }
+    }
+    for (parent, name) in gone {
+        // ENOENT just means the kernel had not cached it.
+        let _ = notifier.inval_entry(INodeNo(parent), name.as_ref());
     }
 }
 
@@ -304,5 +332,23 @@ fn daemonize() -> io::Result<()> {
             Ok(())
         }
         _ => unsafe { libc::_exit(0) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_unmount_alone_works_for_root_and_says_what_to_add_otherwise() {
+        let opts = |o: &str| MountOptions::parse([o]).unwrap();
+        // Regression: fuser refused auto_unmount with the owner-only ACL, even for root.
+        assert_eq!(session_acl(&opts("auto_unmount"), true).unwrap(), SessionACL::RootAndOwner);
+        let e = session_acl(&opts("auto_unmount"), false).unwrap_err().to_string();
+        assert!(e.contains("add -o allow_root"), "{e}");
+        assert_eq!(session_acl(&opts("auto_unmount,allow_root"), false).unwrap(), SessionACL::RootAndOwner);
+        assert_eq!(session_acl(&opts("auto_unmount,allow_other"), false).unwrap(), SessionACL::All);
+        assert_eq!(session_acl(&opts("ro"), true).unwrap(), SessionACL::Owner);
+        assert_eq!(session_acl(&opts("allow_root"), true).unwrap(), SessionACL::RootAndOwner);
     }
 }
