@@ -5,7 +5,7 @@
 //! files into a random-access [`tarsplit::LayerBlob`]; [`registry`] is a pure
 //! model of repositories, tags, manifests and blobs built from a snapshot; [`fs`]
 //! presents that model through FUSE; [`userns`] lets a rootless store be read with
-//! the rights of podman's user namespace. The binary (`main.rs`) is glue.
+//! the rights of podman's user namespace; [`sys`] is the OS plumbing. The binary (`main.rs`) is glue.
 
 pub mod confine;
 pub mod digest;
@@ -14,6 +14,7 @@ pub mod live;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod sys;
 pub mod tarsplit;
 pub mod userns;
 

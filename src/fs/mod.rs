@@ -25,7 +25,7 @@ use fuser::{
 
 use crate::live::Live;
 use crate::tarsplit::BlobReader;
-pub use mount::{is_mounted, run, MountConfig};
+pub use mount::{run, MountConfig};
 pub use options::MountOptions;
 pub use tree::{ino_of, Content, Kind, Node, Tree, ROOT};
 
@@ -45,8 +45,7 @@ pub struct Attrs {
 
 impl Default for Attrs {
     fn default() -> Attrs {
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (crate::sys::uid(), crate::sys::gid());
         Attrs { uid, gid, file_mode: 0o444, dir_mode: 0o555 }
     }
 }

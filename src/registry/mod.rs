@@ -411,7 +411,7 @@ impl Registry {
 /// The first repository `parent` (for which `is_repo` holds) whose reserved entry
 /// `name` runs into, as (parent, entry). A parent that itself collides needs no care:
 /// whatever it runs into, `name` runs into too.
-pub fn collision<'a>(name: &'a str, is_repo: impl Fn(&str) -> bool) -> Option<(&'a str, &'a str)> {
+pub fn collision(name: &str, is_repo: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
     let mut end = 0;
     while let Some(i) = name[end..].find('/') {
         let parent = &name[..end + i];

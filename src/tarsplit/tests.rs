@@ -248,9 +248,7 @@ fn damaged_payloads_are_errors_naming_the_file() {
     std::fs::remove_file(diff.join("exact512")).unwrap();
     assert!(read_err("exact512").contains("missing"));
     // A FIFO does not block.
-    let c = std::ffi::CString::new(diff.join("exact512").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid path string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    nix::unistd::mkfifo(&diff.join("exact512"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     read_err("exact512");
 }
 
