@@ -8,6 +8,7 @@ mod clients;
 mod common;
 mod hardening;
 mod mount;
+mod regressions;
 mod rootless;
 mod serve;
 mod store;
