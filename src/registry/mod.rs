@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::store::{Image, Snapshot};
+use crate::tarsplit;
 use crate::{Digest, Id};
 pub use manifest::MediaType;
 use manifest::{Stored, StoredKind};
@@ -67,16 +68,53 @@ pub struct Blob {
     pub source: BlobSource,
 }
 
-/// An image left out, and why.
+/// An image (or, for [`Reason::RepoCollides`], a repository) left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Excluded {
     pub image: String,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// Why an image cannot be served byte-exact. Displays as `cstor-fs list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("layer {0}: parent chain loops")]
+    ChainLoops(Id),
+    #[error("layer {0} is missing from layers.json")]
+    LayerMissing(Id),
+    /// What `store` found wrong with the layer on disk.
+    #[error("layer {layer}: {problem}")]
+    LayerProblem { layer: Id, problem: String },
+    /// The full check of the layer's tar-split failed.
+    #[error("layer {layer}: {error}")]
+    LayerCheck { layer: Id, error: tarsplit::Error },
+    #[error("layer {0}: size not known yet (diff-size unset)")]
+    SizeUnknown(Id),
+    #[error("layer {0}: no diff-digest")]
+    NoDiffDigest(Id),
+    #[error("no image config in big data")]
+    NoConfig,
+    #[error("image config unreadable: {0}")]
+    ConfigUnreadable(String),
+    #[error("blob {digest} would be served as {first} and as {second} bytes (damaged layer metadata)")]
+    BlobSizes { digest: Digest, first: u64, second: u64 },
+    /// The `manifest` big data item does not parse as a manifest.
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest unreadable: {0}")]
+    ManifestUnreadable(String),
+    #[error("no layer and no manifest list")]
+    NoLayerNoList,
+    #[error("none of the {0} images of the manifest list is in the store")]
+    ListEmpty(usize),
+    /// The repository's path runs into `entry` of repository `parent`.
+    #[error("repository {repo} collides with the {entry}/ directory of repository {parent}")]
+    RepoCollides { repo: String, entry: String, parent: String },
 }
 
 /// Results of full layer checks (tar-split parsed, size summed) done by the caller:
 /// `Ok(size)` or `Err(why the layer cannot be rebuilt)`.
-pub type LayerChecks = HashMap<Id, Result<u64, String>>;
+pub type LayerChecks = HashMap<Id, Result<u64, tarsplit::Error>>;
 
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -130,8 +168,7 @@ impl Registry {
                 Ok(None) => match served.get(&img.id) {
                     Some(s) => s.manifest,
                     None if img.top_layer.is_none() => {
-                        reg.excluded
-                            .push(Excluded { image: img.label(), reason: "no layer and no manifest list".into() });
+                        reg.excluded.push(Excluded { image: img.label(), reason: Reason::NoLayerNoList });
                         continue;
                     }
                     None => continue,
@@ -156,7 +193,7 @@ impl Registry {
         reg
     }
 
-    fn serve_image(&mut self, snap: &Snapshot, checks: &LayerChecks, img: &Image) -> Result<Served, String> {
+    fn serve_image(&mut self, snap: &Snapshot, checks: &LayerChecks, img: &Image) -> Result<Served, Reason> {
         let top = img.top_layer.expect("caller checked");
         // Walk top -> base, then reverse.
         let mut chain = Vec::new();
@@ -164,18 +201,18 @@ impl Registry {
         let mut cur = Some(top);
         while let Some(id) = cur {
             if !seen.insert(id) {
-                return Err(format!("layer {id}: parent chain loops"));
+                return Err(Reason::ChainLoops(id));
             }
-            let layer = snap.layers.get(&id).ok_or_else(|| format!("layer {id} is missing from layers.json"))?;
+            let layer = snap.layers.get(&id).ok_or(Reason::LayerMissing(id))?;
             if let Some(p) = &layer.problem {
-                return Err(format!("layer {id}: {p}"));
+                return Err(Reason::LayerProblem { layer: id, problem: p.clone() });
             }
             let size = match checks.get(&id) {
-                Some(Err(why)) => return Err(format!("layer {id}: {why}")),
+                Some(Err(e)) => return Err(Reason::LayerCheck { layer: id, error: e.clone() }),
                 Some(Ok(size)) => *size,
-                None => layer.diff_size.ok_or_else(|| format!("layer {id}: size not known yet (diff-size unset)"))?,
+                None => layer.diff_size.ok_or(Reason::SizeUnknown(id))?,
             };
-            let digest = layer.diff_digest.ok_or_else(|| format!("layer {id}: no diff-digest"))?;
+            let digest = layer.diff_digest.ok_or(Reason::NoDiffDigest(id))?;
             chain.push((id, digest, size));
             cur = layer.parent;
         }
@@ -189,9 +226,9 @@ impl Registry {
                 .iter()
                 .find(|(k, _)| k.starts_with("sha256:"))
                 .map(|(_, v)| v.clone())
-                .ok_or("no image config in big data")?,
+                .ok_or(Reason::NoConfig)?,
         }
-        .map_err(|e| format!("image config unreadable: {e}"))?;
+        .map_err(Reason::ConfigUnreadable)?;
         let config_digest = Digest::of(&config);
         // One digest, one blob: a layer whose recorded diff digest is another blob's
         // (the config, or a layer of another size) would make a manifest name a size
@@ -202,9 +239,7 @@ impl Registry {
             let known = self.blobs.get(&d).map(|b| b.size).or_else(|| sizes.get(&d).copied());
             match known {
                 Some(other) if other != size => {
-                    return Err(format!(
-                        "blob {d} would be served as {other} and as {size} bytes (damaged layer metadata)"
-                    ))
+                    return Err(Reason::BlobSizes { digest: d, first: other, second: size })
                 }
                 _ => {
                     sizes.insert(d, size);
@@ -223,11 +258,11 @@ impl Registry {
                     let parsed = Stored::parse(b).and_then(|s| s.kind().map(|k| (s, k)));
                     match parsed {
                         Ok((s, k)) => stored.push((b.clone(), s, k)),
-                        Err(e) if key == "manifest" => return Err(e),
+                        Err(e) if key == "manifest" => return Err(Reason::ManifestInvalid(e)),
                         Err(_) => {}
                     }
                 }
-                Some(Err(e)) if key == "manifest" => return Err(format!("manifest unreadable: {e}")),
+                Some(Err(e)) if key == "manifest" => return Err(Reason::ManifestUnreadable(e.clone())),
                 _ => {}
             }
         }
@@ -280,7 +315,7 @@ impl Registry {
     /// list (no layer, `manifest` is an index), or the list an image was pulled through
     /// (its first recorded digest is that list's). An image that only later gained a
     /// list (pulled again through one) keeps its own manifest, as `podman push` would.
-    fn serve_list(&mut self, img: &Image, by_stored: &HashMap<Digest, Digest>) -> Result<Option<Digest>, String> {
+    fn serve_list(&mut self, img: &Image, by_stored: &HashMap<Digest, Digest>) -> Result<Option<Digest>, Reason> {
         let mut list = None;
         let pulled_via = img.first_digest.map(|d| format!("manifest-{d}"));
         for (key, v) in &img.big_data {
@@ -312,7 +347,7 @@ impl Registry {
             }
         }
         if children.is_empty() {
-            return Err(format!("none of the {} images of the manifest list is in the store", entries.len()));
+            return Err(Reason::ListEmpty(entries.len()));
         }
         let (bytes, media_type, verbatim): (Arc<[u8]>, MediaType, bool) = if all_verbatim {
             (bytes, mt, true)
@@ -394,10 +429,9 @@ impl Registry {
         for name in names {
             if let Some((parent, entry)) = collision(&name, |p| self.repos.contains_key(p)) {
                 self.repos.remove(&name);
-                self.excluded.push(Excluded {
-                    image: name.clone(),
-                    reason: format!("repository {name} collides with the {entry}/ directory of repository {parent}"),
-                });
+                let reason =
+                    Reason::RepoCollides { repo: name.clone(), entry: entry.to_string(), parent: parent.to_string() };
+                self.excluded.push(Excluded { image: name.clone(), reason });
             }
         }
     }

@@ -335,8 +335,31 @@ impl Index {
     }
 }
 
+/// A copy for every waiter of a failed parse and for the layer check results
+/// (`io::Error` is not `Clone`: an I/O error keeps its kind and message).
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        self.duplicate()
+    }
+}
+
+/// Same variant and fields; I/O errors by kind and message.
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        match (self, other) {
+            (Error::Io(a), Error::Io(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
+            (Error::Format { line: a, msg: m }, Error::Format { line: b, msg: n }) => a == b && m == n,
+            (Error::SizeMismatch { expected: a, actual: x }, Error::SizeMismatch { expected: b, actual: y }) => {
+                a == b && x == y
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Error {}
+
 impl Error {
-    /// A copy for every waiter of a failed parse (`io::Error` is not `Clone`).
     fn duplicate(&self) -> Error {
         match self {
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
