@@ -3,8 +3,9 @@
 //! Each `Filesystem` method validates, looks up a [`Node`] in the current tree and
 //! sends one reply. Shared state is an `ArcSwap<Tree>` swapped by [`Shared::update`]
 //! (called from the refresh loop, which also tells the kernel to forget vanished
-//! names) plus a table of open handles. Digest-named nodes get long kernel TTLs and
-//! keep their page cache; tags, lists and directories get zero TTLs so changes show
+//! names) plus a table of open handles. Digest-named nodes (files and `.ref/<digest>`
+//! directories) get long kernel TTLs and digest-named files keep their page cache;
+//! tags, lists and other directories get zero TTLs so changes show
 //! at once. This is the only module that names fuser.
 
 mod mount;

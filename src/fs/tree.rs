@@ -12,7 +12,8 @@
 //! ```
 //! The hidden `.ref` and `.after` entries exist for HTTP servers: `.ref/<ref>` lets a
 //! server learn a tag's digest from the resolved path and the manifest's media type
-//! from the file suffix; `.after/<last>` answers `tags/list?last=`.
+//! from the file suffix; `.after/<last>` answers `tags/list?last=`. [`Tree::build`] is
+//! total: a repository whose path would meet another's is skipped with a log line.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -8,8 +8,10 @@
 //! ([`manifest`]). One digest is one blob of one size: an image whose layer claims
 //! another blob's digest with another size is excluded. Lists are verbatim only when
 //! every child is present and verbatim. Images that cannot be served byte-exact are
-//! listed in [`Registry::excluded`] with the reason. This module does no I/O and knows
-//! nothing of FUSE.
+//! listed in [`Registry::excluded`] with a typed [`Reason`], and so is every repository
+//! whose path runs into another repository's own entries ([`RESERVED`], [`collision`]),
+//! so what is served always lays out as one file tree. This module does no I/O and
+//! knows nothing of FUSE.
 
 pub mod manifest;
 pub mod reference;

@@ -11,7 +11,8 @@
 //! file was confirmed to be a regular file inside the layer directory with the
 //! recorded size and CRC-64 (small payloads are read once, checked and served from
 //! the reader's buffer); anything else is an I/O error naming the layer and path. A
-//! parse that fails, or rebuilds a size other than the recorded one, fails every read.
+//! parse that fails, or rebuilds a size other than the recorded one, fails every read;
+//! a file entry with a payload but no CRC-64 fails the parse.
 //! The index never holds file contents.
 
 mod cache;
