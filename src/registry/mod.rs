@@ -19,7 +19,7 @@ pub mod reference;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::store::{Image, Snapshot};
+use crate::store::{Image, LayerProblem, Snapshot};
 use crate::tarsplit;
 use crate::{Digest, Id};
 pub use manifest::MediaType;
@@ -86,7 +86,7 @@ pub enum Reason {
     LayerMissing(Id),
     /// What `store` found wrong with the layer on disk.
     #[error("layer {layer}: {problem}")]
-    LayerProblem { layer: Id, problem: String },
+    LayerProblem { layer: Id, problem: LayerProblem },
     /// The full check of the layer's tar-split failed.
     #[error("layer {layer}: {error}")]
     LayerCheck { layer: Id, error: tarsplit::Error },

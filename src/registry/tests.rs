@@ -119,17 +119,17 @@ fn bad_layers_exclude_the_image_with_a_reason() {
     let (img, _) = built(1, "localhost/a:1", &[1, 2]);
     let (img2, _) = built(2, "localhost/b:1", &[3]);
     let mut l2 = layer(2, Some(1));
-    l2.problem = Some("no tar-split metadata".into());
+    l2.problem = Some(LayerProblem::NoTarSplit("gone".into()));
     let s = snap(vec![img.clone(), img2.clone()], vec![layer(1, None), l2, layer(3, None)]);
     let reg = Registry::build(&s, &LayerChecks::new());
     assert_eq!(reg.excluded.len(), 1);
     assert_eq!(
         reg.excluded[0].reason,
-        Reason::LayerProblem { layer: id(2), problem: "no tar-split metadata".into() },
+        Reason::LayerProblem { layer: id(2), problem: LayerProblem::NoTarSplit("gone".into()) },
         "{:?}",
         reg.excluded
     );
-    assert_eq!(reg.excluded[0].reason.to_string(), format!("layer {}: no tar-split metadata", id(2)));
+    assert_eq!(reg.excluded[0].reason.to_string(), format!("layer {}: no tar-split metadata (gone)", id(2)));
     assert!(reg.excluded[0].image.contains("localhost/a:1"));
     assert!(reg.repos.contains_key("localhost/b"));
     // A failed full check excludes too.

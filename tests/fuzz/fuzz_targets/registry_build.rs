@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use cstor_fs::registry::manifest::{self, Child, MediaType, Stored};
 use cstor_fs::registry::{BlobSource, LayerChecks, Registry};
-use cstor_fs::store::{ChangeToken, Driver, Image, Layer, Location, Snapshot};
+use cstor_fs::store::{ChangeToken, Driver, Image, Layer, LayerProblem, Location, Snapshot};
 use cstor_fs::fs::{Content, Kind, Tree, ROOT};
 use cstor_fs::live::View;
 use cstor_fs::tarsplit::Error;
@@ -170,7 +170,7 @@ fn snapshot(input: &Input) -> Snapshot {
             parent: l.parent.map(id),
             diff_digest: l.diff.map(digest),
             diff_size: l.size.map(u64::from),
-            problem: l.problem.then(|| "damaged".to_string()),
+            problem: l.problem.then_some(LayerProblem::Incomplete),
         };
         layers.insert(layer.id, layer);
     }
