@@ -2,7 +2,8 @@
 //!
 //! [`config::resolve`] finds the graphroot and driver; [`Store`] reads `images.json`,
 //! `layers.json` and the images' manifest/config big data under brief OFD read locks
-//! ([`lock`]), producing a [`Snapshot`] plus warnings. [`Store::token`] is a cheap
+//! ([`lock`]), producing a [`Snapshot`] plus typed [`Warning`]s (a layer a cheap check
+//! finds unusable carries a [`LayerProblem`]). [`Store::token`] is a cheap
 //! change check (lock tokens + stat of the JSON files). Every byte read here is
 //! untrusted: ids become path components only after [`Id`] parsing, sizes are capped,
 //! and a malformed entry costs that entry (a warning), never the whole store.
