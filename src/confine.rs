@@ -5,29 +5,25 @@
 //! is `O_NONBLOCK` (a FIFO never blocks), and [`open_regular`] / [`open_regular_beneath`]
 //! refuse anything but a regular file. Used by `store` and `tarsplit` alike.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::fcntl::{OFlag, ResolveFlag};
+
+use crate::sys;
 
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// Flags for the final open: never block on a FIFO, never become a controlling tty.
-const FILE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+const FILE_FLAGS: OFlag =
+    OFlag::O_RDONLY.union(OFlag::O_CLOEXEC).union(OFlag::O_NOFOLLOW).union(OFlag::O_NONBLOCK).union(OFlag::O_NOCTTY);
 
 /// Opens `path` (its last component must not be a symlink) if it is a regular file.
 pub fn open_regular(path: &Path) -> io::Result<File> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let fd = unsafe { libc::open(c.as_ptr(), FILE_FLAGS) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by open and is owned by no one else.
-    regular(unsafe { File::from_raw_fd(fd) })
+    regular(File::from(sys::open(path, FILE_FLAGS)?))
 }
 
 /// [`open_beneath`], then refuses anything but a regular file.
@@ -64,15 +60,7 @@ fn kind(ft: &std::fs::FileType) -> &'static str {
 /// Opens a directory to resolve payloads beneath (an `O_PATH` handle pins it even if
 /// the layer directory is renamed away).
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by open and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
 }
 
 /// Opens `rel` (a cleaned relative path, no empty or `..` components) beneath `dir`.
@@ -91,60 +79,26 @@ pub fn open_beneath(dir: &OwnedFd, rel: &[u8]) -> io::Result<File> {
 }
 
 fn openat2(dir: &OwnedFd, rel: &[u8]) -> io::Result<File> {
-    let c = CString::new(rel).expect("checked for NUL");
-    // SAFETY: open_how is a plain C struct; zero is valid for every field.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = FILE_FLAGS as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    loop {
-        // SAFETY: valid dirfd, NUL-terminated path, and a pointer to a live open_how of the given size.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: the kernel returned a new fd that we now own.
-            return Ok(unsafe { File::from_raw_fd(fd as libc::c_int) });
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EAGAIN) && e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-fn openat(dir: libc::c_int, name: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
-    let c = CString::new(name).expect("checked for NUL");
-    // SAFETY: valid dirfd and NUL-terminated name.
-    let fd = unsafe { libc::openat(dir, c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is new and ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    sys::openat2(dir, rel, FILE_FLAGS, resolve).map(File::from)
 }
 
 pub(crate) fn walk(dir: &OwnedFd, rel: &[u8]) -> io::Result<File> {
     let mut parts = rel.split(|&b| b == b'/').peekable();
     let mut cur: Option<OwnedFd> = None;
     while let Some(part) = parts.next() {
-        let base = cur.as_ref().unwrap_or(dir).as_raw_fd();
+        let base = cur.as_ref().unwrap_or(dir);
         if parts.peek().is_none() {
-            return openat(base, part, FILE_FLAGS).map(File::from);
+            return sys::openat(base, part, FILE_FLAGS).map(File::from);
         }
-        let next =
-            openat(base, part, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC).map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOTDIR) {
-                    io::Error::from_raw_os_error(libc::ELOOP)
-                } else {
-                    e
-                }
-            })?;
+        let next = sys::openat(base, part, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOTDIR) {
+                io::Error::from_raw_os_error(libc::ELOOP)
+            } else {
+                e
+            }
+        })?;
         cur = Some(next);
     }
     Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"))

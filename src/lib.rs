@@ -8,7 +8,7 @@
 //! the rights of podman's user namespace; [`compress`] builds and caches compressed
 //! layer blobs for the opt-in compressed delivery; [`serve`] runs nginx or Caddy over a
 //! mount, with [`tls`] certificates and [`htpasswd`] users when serving beyond loopback;
-//! [`publish`] uploads images to S3-compatible storage. The binary (`main.rs`) is glue.
+//! [`publish`] uploads images to S3-compatible storage; [`sys`] is the OS plumbing. The binary (`main.rs`) is glue.
 
 pub mod compress;
 pub mod confine;
@@ -20,6 +20,7 @@ pub mod publish;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod sys;
 pub mod tarsplit;
 pub mod tls;
 pub mod userns;

@@ -135,27 +135,25 @@ impl Live {
     }
 
     /// Parses a layer's tar-split and records whether it rebuilds to `diff-size`.
-    pub fn check_layer(&self, snapshot: &Snapshot, id: &Id) -> Result<u64, String> {
+    /// A layer not in `snapshot` is an error of kind `NotFound`, and is not recorded.
+    pub fn check_layer(&self, snapshot: &Snapshot, id: &Id) -> Result<u64, tarsplit::Error> {
         let Some(layer) = snapshot.layers.get(id) else {
-            return Err(format!("layer {id} is not in the store"));
+            let e = io::Error::new(io::ErrorKind::NotFound, format!("layer {id} is not in the store"));
+            return Err(tarsplit::Error::Io(e));
         };
         // Through the cache: the first open of the layer then reuses this parse.
         let files = self.store.layer_files(id, layer.origin);
-        let mut result = self
-            .cache
-            .get(id, &files.tar_split, layer.diff_size)
-            .and_then(|ix| ix.complete())
-            .map_err(|e| e.to_string());
+        let mut result = self.cache.get(id, &files.tar_split, layer.diff_size).and_then(|ix| ix.complete());
         if result.is_ok() && files.toc.is_some() {
             if let Err(e) = self.objects(id, &files) {
-                result = Err(e.to_string());
+                result = Err(tarsplit::Error::Toc(e.to_string()));
             }
         }
         self.record_check(id, result.clone());
         result
     }
 
-    fn record_check(&self, id: &Id, result: Result<u64, String>) {
+    fn record_check(&self, id: &Id, result: Result<u64, tarsplit::Error>) {
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(why) = &result {
             if checks.get(id).is_none_or(|r| r.is_ok()) {
@@ -202,7 +200,7 @@ impl Live {
             Err(e) => {
                 let msg = format!("layer {id}: {e}");
                 if !matches!(e, tarsplit::Error::Io(_)) {
-                    self.record_check(id, Err(e.to_string()));
+                    self.record_check(id, Err(e.clone()));
                 }
                 return Err(io::Error::other(msg));
             }

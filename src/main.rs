@@ -299,7 +299,7 @@ fn mount(args: MountArgs) -> Result<ExitCode> {
     let fsname = live.store().location().graphroot.display().to_string();
     let userns = userns_plan(options.userns, &live.store().location().graphroot)?;
     let view = live.view();
-    for w in view.snapshot.warnings.iter().chain(&view.registry.warnings) {
+    for w in view.snapshot.warnings.iter().map(ToString::to_string).chain(view.registry.warnings.iter().cloned()) {
         log::warn!("{w}");
     }
     for x in &view.registry.excluded {
@@ -557,7 +557,8 @@ fn list(store: StoreArgs, compress: &CompressArgs) -> Result<ExitCode> {
             writeln!(out, "    {} {names} served as {}", img.id, digests.map_or("-".to_string(), |d| d.join(" ")))?;
         }
     }
-    let warnings: Vec<&String> = view.snapshot.warnings.iter().chain(&reg.warnings).collect();
+    let warnings: Vec<String> =
+        view.snapshot.warnings.iter().map(ToString::to_string).chain(reg.warnings.iter().cloned()).collect();
     if !warnings.is_empty() {
         writeln!(out, "\nwarnings:")?;
         for w in warnings {

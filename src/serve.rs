@@ -18,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::fs::is_mounted;
 use crate::htpasswd::Htpasswd;
+use crate::sys::{self, is_mounted};
 
 const NGINX_MAIN: &str = include_str!("../nginx/nginx.conf");
 const NGINX_SERVER: &str = include_str!("../nginx/cstor-fs.conf");
@@ -99,8 +99,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 
 /// The directory `serve` uses when none is given.
 pub fn default_runtime_dir() -> PathBuf {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::uid();
     let base = if uid == 0 {
         PathBuf::from("/run/cstor-fs")
     } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
@@ -112,11 +111,7 @@ pub fn default_runtime_dir() -> PathBuf {
 }
 
 fn find(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    sys::find_program(program, &["/usr/sbin", "/sbin"])
 }
 
 /// Fills `@NAME@` placeholders.
@@ -182,15 +177,9 @@ fn write_worker_htpasswd(path: &Path, h: &Htpasswd, root: bool) -> Result<String
 /// Children get default signal handling and their own process group, so a terminal's
 /// Ctrl-C reaches only `serve`, which then stops them in order.
 fn detach_signals(cmd: &mut Command) {
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: the hook makes only async-signal-safe calls (pthread_sigmask, setpgid).
     unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::setpgid(0, 0);
-            Ok(())
-        });
+        cmd.pre_exec(sys::reset_signals_and_detach_group);
     }
 }
 
@@ -204,8 +193,7 @@ impl Running {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let _ = sys::kill(self.child.id(), sig);
         let t = Instant::now();
         while t.elapsed() < grace {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -284,25 +272,10 @@ fn wait_until(
 
 /// Blocks the stop signals and forwards them to a channel.
 fn signal_channel() -> io::Result<mpsc::Receiver<i32>> {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset; valid pointers throughout.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-        set
-    };
+    let set = sys::StopSignals::block()?;
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let mut sig = 0;
-        // SAFETY: valid set and out pointer.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        if tx.send(sig).is_err() {
+        if tx.send(set.wait()).is_err() {
             return;
         }
     })?;
@@ -341,8 +314,7 @@ pub fn run(cfg: &ServeConfig, on_ready: impl FnOnce(&Path, &str)) -> Result<(), 
     let mut session = Session { dir: dir.clone(), mnt: dir.join("mnt"), mount: None, server: None };
     std::fs::create_dir_all(&session.mnt).map_err(io_err("creating the mount point"))?;
 
-    // SAFETY: getuid cannot fail.
-    let root = unsafe { libc::getuid() } == 0;
+    let root = sys::uid() == 0;
     let exe = std::env::current_exe().map_err(io_err("finding the cstor-fs executable"))?;
     let mut mount = Command::new(exe);
     mount.arg("-f").args(&cfg.mount_args).arg(&session.mnt);

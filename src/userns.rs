@@ -15,10 +15,12 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::sys;
 
 /// Whether to enter the namespace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -143,25 +145,11 @@ pub fn map_args(own: u32, ranges: &[Range]) -> Vec<String> {
 }
 
 fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    sys::find_program(name, &["/usr/bin", "/usr/sbin", "/bin", "/sbin"])
 }
 
 fn user_name(uid: u32) -> String {
-    let mut buf = vec![0u8; 16 << 10];
-    // SAFETY: passwd is plain data; getpwuid_r writes only into pw and buf (of the given length).
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let r = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out);
-        if r == 0 && !out.is_null() && !pw.pw_name.is_null() {
-            return std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned();
-        }
-    }
-    uid.to_string()
+    sys::user_name(uid).unwrap_or_else(|| uid.to_string())
 }
 
 fn ranges(user: &str, uid: u32, group: bool) -> Result<Vec<Range>, Error> {
@@ -194,8 +182,7 @@ fn ranges(user: &str, uid: u32, group: bool) -> Result<Vec<Range>, Error> {
 /// takes. `Ok(None)`: read with the process's own rights (root, `Off`, or a store this
 /// user does not own).
 pub fn plan(policy: Policy, graphroot: &Path) -> Result<Option<Plan>, Error> {
-    // SAFETY: these calls cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (sys::euid(), sys::egid());
     if policy == Policy::Off || uid == 0 {
         return Ok(None);
     }
@@ -219,7 +206,7 @@ pub fn plan(policy: Policy, graphroot: &Path) -> Result<Option<Plan>, Error> {
 #[derive(Debug)]
 pub struct Keeper {
     pipe: Option<File>,
-    pid: libc::pid_t,
+    pid: i32,
 }
 
 impl Keeper {
@@ -235,9 +222,7 @@ impl Drop for Keeper {
     fn drop(&mut self) {
         // Closing the pipe tells the keeper we are done: it unmounts what is left and exits.
         drop(self.pipe.take());
-        let mut st = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(self.pid, &mut st, 0) };
+        sys::reap(self.pid);
     }
 }
 
@@ -246,13 +231,7 @@ fn threads() -> usize {
 }
 
 fn pipe() -> Result<(File, File), Error> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io_err("creating a pipe")(io::Error::last_os_error()));
-    }
-    // SAFETY: both fds are new and ours.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+    sys::pipe().map_err(io_err("creating a pipe"))
 }
 
 impl Plan {
@@ -271,28 +250,25 @@ impl Plan {
         }
         let (go_r, go_w) = pipe()?;
         let (res_r, res_w) = pipe()?;
-        // SAFETY: getpid cannot fail.
-        let me = unsafe { libc::getpid() };
+        let me = sys::pid();
         let uid_args = map_args(self.uid, &self.uids);
         let gid_args = map_args(self.gid, &self.gids);
         let mnt = mountpoint.map(Path::to_path_buf);
         // SAFETY: single-threaded (checked above), so the child may run ordinary code.
-        match unsafe { libc::fork() } {
-            -1 => Err(io_err("forking the id-map helper")(io::Error::last_os_error())),
-            0 => {
+        match unsafe { sys::fork() }.map_err(io_err("forking the id-map helper"))? {
+            sys::ForkResult::Child => {
                 drop(go_w);
                 drop(res_r);
                 let code = helper(me, go_r, res_w, self, &uid_args, &gid_args, mnt.as_deref());
-                // SAFETY: _exit skips destructors (the parent's mount and state are not ours).
-                unsafe { libc::_exit(code) }
+                // Skipping destructors: the parent's mount and state are not ours.
+                sys::exit_now(code)
             }
-            pid => {
+            sys::ForkResult::Parent { child } => {
+                let pid = child.as_raw();
                 drop(go_r);
                 drop(res_w);
                 let keeper = Keeper { pipe: Some(go_w), pid };
-                // SAFETY: plain syscall.
-                if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
-                    let e = io::Error::last_os_error();
+                if let Err(e) = sys::unshare_user() {
                     // Dropping the keeper before "go" makes the helper exit without acting.
                     return Err(Error::Map(format!(
                         "unshare(CLONE_NEWUSER): {e} (unprivileged user namespaces disabled? see sysctl \
@@ -322,10 +298,9 @@ impl Plan {
         if msg != "ok" {
             return Err(Error::Map(if msg.is_empty() { "the id-map helper died".to_string() } else { msg }));
         }
-        // SAFETY: plain syscalls; 0 is mapped now.
-        let r = unsafe { (libc::setresgid(0, 0, 0), libc::setresuid(0, 0, 0)) };
-        if r != (0, 0) {
-            return Err(Error::Map(format!("becoming root in it: {}", io::Error::last_os_error())));
+        // 0 is mapped now.
+        if let Err(e) = sys::become_root() {
+            return Err(Error::Map(format!("becoming root in it: {e}")));
         }
         Ok(())
     }
@@ -344,7 +319,7 @@ pub struct Entered {
 /// The forked child: writes the maps once the parent has unshared, then (for a mount)
 /// keeps watch outside the namespace. Returns its exit code.
 fn helper(
-    parent: libc::pid_t,
+    parent: i32,
     mut go: File,
     mut res: File,
     plan: &Plan,
@@ -353,14 +328,7 @@ fn helper(
     mountpoint: Option<&Path>,
 ) -> i32 {
     // Hold nothing of the parent's: above all not the /dev/fuse connection.
-    let keep = [0, 1, 2, go.as_raw_fd(), res.as_raw_fd()];
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let fds: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-        for fd in fds.into_iter().filter(|fd| !keep.contains(fd)) {
-            // SAFETY: closing inherited descriptors this child does not use.
-            unsafe { libc::close(fd) };
-        }
-    }
+    sys::close_fds_except(&[0, 1, 2, go.as_raw_fd(), res.as_raw_fd()]);
     // The mount to watch is the one there now, not one a restarted daemon makes later.
     let ours = mountpoint.and_then(mount_source);
     let mut b = [0u8; 1];
@@ -390,7 +358,7 @@ fn helper(
         let n = go.read(&mut b).unwrap_or(0);
         let still_ours = match &ours {
             Some(_) => mount_source(mnt) == ours,
-            None => crate::fs::is_mounted(mnt),
+            None => sys::is_mounted(mnt),
         };
         if still_ours {
             let _ = Command::new("fusermount3").arg("-u").arg("-z").arg("--").arg(mnt).status();
@@ -401,22 +369,9 @@ fn helper(
     }
 }
 
-/// The mount id and device (`/proc/self/mountinfo`) of what is mounted at `dir`, if anything.
+/// The mount id and device of what is mounted at `dir`, if anything.
 fn mount_source(dir: &Path) -> Option<String> {
-    let dir = dir.canonicalize().ok()?;
-    let mut want = String::new();
-    for c in dir.to_str()?.chars() {
-        match c {
-            ' ' | '\t' | '\n' | '\\' => want += &format!("\\{:03o}", c as u32),
-            c => want.push(c),
-        }
-    }
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // The last entry at a path is the one on top.
-    info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&want.as_str())).then(|| format!("{} {}", f[0], f[2]))
-    })
+    sys::mount_at(dir).map(|m| format!("{} {}", m.id, m.dev))
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 //! Each `Filesystem` method validates, looks up a [`Node`] in the current tree and
 //! sends one reply. Shared state is an `ArcSwap<Tree>` swapped by [`Shared::update`]
 //! (called from the refresh loop, which also tells the kernel to forget vanished
-//! names) plus a table of open handles. Digest-named nodes get long kernel TTLs and
-//! keep their page cache; tags, lists and directories get zero TTLs so changes show
-//! at once. Computed entries (`.after/<last>`, the [`Dyn`] directories of pages and
-//! referrers) are built on lookup and kept in a bounded side table so that later
-//! getattr/open/readdir calls find them by inode. This is the only module that names fuser.
+//! names) plus a table of open handles. Digest-named nodes (files and `.ref/<digest>`
+//! directories) get long kernel TTLs and digest-named files keep their page cache;
+//! tags, lists and other directories get zero TTLs so changes show at once. Computed
+//! entries (`.after/<last>`, the [`Dyn`] directories of pages and referrers) are built on
+//! lookup and kept in a bounded side table so that later getattr/open/readdir calls find
+//! them by inode. This is the only module that names fuser.
 
 mod mount;
 mod options;
@@ -27,7 +28,7 @@ use fuser::{
 
 use crate::live::Live;
 use crate::tarsplit::BlobReader;
-pub use mount::{is_mounted, run, MountConfig};
+pub use mount::{run, MountConfig};
 pub use options::MountOptions;
 pub use tree::{ino_of, Content, Dyn, Kind, Node, Tree, ROOT};
 
@@ -47,8 +48,7 @@ pub struct Attrs {
 
 impl Default for Attrs {
     fn default() -> Attrs {
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (crate::sys::uid(), crate::sys::gid());
         Attrs { uid, gid, file_mode: 0o444, dir_mode: 0o555 }
     }
 }
@@ -98,6 +98,11 @@ impl Shared {
 
     pub fn live(&self) -> &Arc<Live> {
         &self.live
+    }
+
+    /// The view the current tree was built from.
+    pub fn served_view(&self) -> Arc<crate::live::View> {
+        self.tree.load().view.clone()
     }
 
     /// Rebuilds the tree if `Live` published a new view. Returns the entries that

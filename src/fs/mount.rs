@@ -12,6 +12,7 @@ use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
 use super::options::MountOptions;
 use super::{CstorFs, Shared};
 use crate::live::Live;
+use crate::sys::{self, is_mounted, StopSignals};
 use crate::userns::{self, Keeper};
 
 /// How a mount runs.
@@ -31,10 +32,7 @@ pub struct MountConfig {
 
 /// Why an unprivileged mount may have been refused, when the cause is recognisable.
 fn hint(e: &io::Error) -> &'static str {
-    let dev_fuse_usable = || {
-        // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) == 0 }
-    };
+    let dev_fuse_usable = || sys::can_read_write(std::path::Path::new("/dev/fuse"));
     if e.kind() == io::ErrorKind::PermissionDenied && !dev_fuse_usable() {
         " (/dev/fuse is not read-writable for this user; standard systems make it mode 0666, \
          or add -o auto_unmount to mount through fusermount3)"
@@ -46,18 +44,15 @@ fn hint(e: &io::Error) -> &'static str {
 /// Mounts and serves until unmounted or signalled. Without `foreground`, the calling
 /// process exits with status 0 as soon as the mount is live and a child serves it.
 pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0
-        && (cfg.options.allow_other || cfg.options.allow_root)
-        && !fuse_conf_allows_other()
-    {
+    let root = sys::euid() == 0;
+    if !root && (cfg.options.allow_other || cfg.options.allow_root) && !fuse_conf_allows_other() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "allow_other and allow_root need `user_allow_other` in /etc/fuse.conf when not mounting as root: \
              add that line, or mount without them (then only this user, e.g. its own nginx, can read the mount)",
         ));
     }
-    let signals = block_signals()?;
+    let signals = StopSignals::block()?;
     let shared = Shared::new(live.clone(), cfg.options.attrs());
     let mut opts = vec![
         MountOption::FSName(cfg.options.fsname.clone().unwrap_or(cfg.fsname.clone())),
@@ -72,19 +67,13 @@ pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     }
     let mut config = Config::default();
     config.mount_options = opts;
-    config.acl = if cfg.options.allow_other {
-        SessionACL::All
-    } else if cfg.options.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
+    config.acl = session_acl(&cfg.options, root)?;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let mut session = Session::new(CstorFs::new(shared.clone()), &cfg.mountpoint, &config)
         .map_err(|e| io::Error::new(e.kind(), format!("mounting at {}: {e}{}", cfg.mountpoint.display(), hint(&e))))?;
     if !cfg.foreground {
-        daemonize()?;
+        sys::daemonize()?;
     }
     // Before any thread starts: a multi-threaded process cannot enter a user namespace.
     let keeper = enter_userns(&cfg)?.map(Arc::new);
@@ -102,7 +91,7 @@ pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     let mountpoint = cfg.mountpoint.clone();
     let keeper2 = keeper.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let sig = wait_signal(&signals);
+        let sig = signals.wait();
         log::info!("signal {sig}: unmounting {}", mountpoint.display());
         if let Err(e) = unmounter.unmount() {
             log::error!("unmounting {}: {e}", mountpoint.display());
@@ -141,6 +130,26 @@ pub fn run(live: Arc<Live>, cfg: MountConfig, on_live: impl FnOnce()) -> io::Res
     log::info!("unmounted {}", cfg.mountpoint.display());
     drop(keeper);
     r
+}
+
+/// Who may use the mount. fuser lets fusermount3 unmount automatically only when it
+/// checks access itself (`allow_root`/`allow_other`); for root, `allow_root` admits
+/// exactly the owner, so `auto_unmount` alone works as with libfuse file systems.
+fn session_acl(options: &MountOptions, root: bool) -> io::Result<SessionACL> {
+    Ok(if options.allow_other {
+        SessionACL::All
+    } else if options.allow_root || (options.auto_unmount && root) {
+        SessionACL::RootAndOwner
+    } else if options.auto_unmount {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "auto_unmount needs allow_root (or allow_other) when not mounting as root, because the FUSE \
+             library cstor-fs uses hands the unmount to fusermount3 only for mounts it checks access to itself: \
+             add -o allow_root (and `user_allow_other` to /etc/fuse.conf), or leave auto_unmount out",
+        ));
+    } else {
+        SessionACL::Owner
+    })
 }
 
 /// Enters the store's user namespace if planned; returns the keeper that unmounts from
@@ -191,121 +200,85 @@ fn notify_ready() {
     }
 }
 
-/// Whether something is mounted at `dir` (per /proc/self/mounts).
-pub fn is_mounted(dir: &std::path::Path) -> bool {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&*dir.to_string_lossy())))
-        .unwrap_or(false)
-}
-
 fn force_unmount(dir: &std::path::Path) {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
-    // SAFETY: valid C string; MNT_DETACH only detaches our own mount.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+    if sys::unmount_detach(dir).is_err() {
         // Not root: the setuid helper may unmount what this user mounted.
         let _ = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(dir).status();
     }
 }
 
+/// Never ends: a failed refresh (an error, or a panic building the new state) is logged,
+/// the last good tree keeps being served, and the next tick tries again, so the next
+/// store change is still picked up.
 fn refresh_loop(shared: &Shared, notifier: &Notifier, poll: Duration) {
     let mut last_err = String::new();
     loop {
         std::thread::sleep(poll);
-        let before = shared.live().view();
-        match shared.live().refresh() {
-            Ok(Some(view)) => {
-                last_err.clear();
-                let gone = shared.update();
-                // podman touches the lock files on every command: only real changes are news.
-                let (a, b) = (&before.registry, &view.registry);
-                if a.repos != b.repos || a.excluded != b.excluded || !gone.is_empty() {
-                    log::info!(
-                        "store changed: {} repositories, {} images left out, {} names gone",
-                        b.repos.len(),
-                        b.excluded.len(),
-                        gone.len()
-                    );
-                    for w in &view.snapshot.warnings {
-                        log::warn!("{w}");
-                    }
-                    for x in b.excluded.iter().filter(|x| !a.excluded.contains(x)) {
-                        log::warn!("left out {}: {}", x.image, x.reason);
-                    }
-                }
-                for (parent, name) in gone {
-                    // ENOENT just means the kernel had not cached it.
-                    let _ = notifier.inval_entry(INodeNo(parent), name.as_ref());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last_err {
-                    log::error!("reading the store: {msg} (still serving the last good state)");
-                    last_err = msg;
-                }
+        let step =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| refresh_once(shared, notifier, &mut last_err)));
+        if step.is_err() {
+            let msg = "refreshing the view failed (see the panic above); still serving the last good state".to_string();
+            if msg != last_err {
+                log::error!("{msg}");
+                last_err = msg;
             }
         }
     }
 }
 
-fn sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
+fn refresh_once(shared: &Shared, notifier: &Notifier, last_err: &mut String) {
+    // What is served now: the tree's view (behind `Live`'s if building a tree failed).
+    let before = shared.served_view();
+    if let Err(e) = shared.live().refresh() {
+        let msg = e.to_string();
+        if msg != *last_err {
+            log::error!("reading the store: {msg} (still serving the last good state)");
+            *last_err = msg;
         }
-        set
+        return;
+    }
+    let view = shared.live().view();
+    if Arc::ptr_eq(&before, &view) {
+        return;
+    }
+    let gone = shared.update();
+    last_err.clear();
+    // podman touches the lock files on every command: only real changes are news.
+    let (a, b) = (&before.registry, &view.registry);
+    if a.repos != b.repos || a.excluded != b.excluded || !gone.is_empty() {
+        log::info!(
+            "store changed: {} repositories, {} images left out, {} names gone",
+            b.repos.len(),
+            b.excluded.len(),
+            gone.len()
+        );
+        for w in &view.snapshot.warnings {
+            log::warn!("{w}");
+        }
+        for x in b.excluded.iter().filter(|x| !a.excluded.contains(x)) {
+            log::warn!("left out {}: {}", x.image, x.reason);
+        }
+    }
+    for (parent, name) in gone {
+        // ENOENT just means the kernel had not cached it.
+        let _ = notifier.inval_entry(INodeNo(parent), name.as_ref());
     }
 }
 
-/// Blocks the stop signals in this thread and every thread it starts later, so one
-/// thread can wait for them.
-fn block_signals() -> io::Result<libc::sigset_t> {
-    let set = sigset();
-    // SAFETY: valid set pointer; a null old-set pointer is allowed.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(set)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn wait_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: valid set and out pointer.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
-}
-
-/// Forks; the parent exits 0 (the mount is already live), the child detaches.
-fn daemonize() -> io::Result<()> {
-    // SAFETY: no other threads exist yet (they are started after this), so fork is safe.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        // SAFETY: _exit skips destructors, so the parent does not unmount the child's mount.
-        0 => {
-            // SAFETY: plain syscalls on valid arguments.
-            unsafe {
-                libc::setsid();
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 {
-                    libc::dup2(null, 0);
-                    libc::dup2(null, 1);
-                    if std::env::var_os("RUST_LOG").is_none() {
-                        libc::dup2(null, 2);
-                    }
-                    if null > 2 {
-                        libc::close(null);
-                    }
-                }
-            }
-            let _ = std::env::set_current_dir("/");
-            Ok(())
-        }
-        _ => unsafe { libc::_exit(0) },
+    #[test]
+    fn auto_unmount_alone_works_for_root_and_says_what_to_add_otherwise() {
+        let opts = |o: &str| MountOptions::parse([o]).unwrap();
+        // Regression: fuser refused auto_unmount with the owner-only ACL, even for root.
+        assert_eq!(session_acl(&opts("auto_unmount"), true).unwrap(), SessionACL::RootAndOwner);
+        let e = session_acl(&opts("auto_unmount"), false).unwrap_err().to_string();
+        assert!(e.contains("add -o allow_root"), "{e}");
+        assert_eq!(session_acl(&opts("auto_unmount,allow_root"), false).unwrap(), SessionACL::RootAndOwner);
+        assert_eq!(session_acl(&opts("auto_unmount,allow_other"), false).unwrap(), SessionACL::All);
+        assert_eq!(session_acl(&opts("ro"), true).unwrap(), SessionACL::Owner);
+        assert_eq!(session_acl(&opts("allow_root"), true).unwrap(), SessionACL::RootAndOwner);
     }
 }

@@ -8,7 +8,9 @@
 //! ([`manifest`]). One digest is one blob of one size: an image whose layer claims
 //! another blob's digest with another size is excluded. Lists are verbatim only when
 //! every child is present and verbatim. Images that cannot be served byte-exact are
-//! listed in [`Registry::excluded`] with the reason. [`referrers`] (manifests by
+//! listed in [`Registry::excluded`] with a typed [`Reason`], and so is every repository
+//! whose path runs into another repository's own entries ([`RESERVED`], [`collision`]),
+//! so what is served always lays out as one file tree. [`referrers`] (manifests by
 //! `subject`), [`page`] (`n`/`last` paging) and [`index_page`] (the HTML index) are
 //! further pure views of the model. This module does no I/O and knows nothing of FUSE.
 
@@ -22,7 +24,8 @@ pub mod referrers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::store::{Image, Snapshot};
+use crate::store::{Image, LayerProblem, Snapshot};
+use crate::tarsplit;
 use crate::{Digest, Id};
 pub use manifest::MediaType;
 use manifest::{Stored, StoredKind};
@@ -31,9 +34,12 @@ pub use reference::{parse_name, Ref};
 /// Repository that holds images with no name, tagged by their full image id.
 pub const UNTAGGED_REPO: &str = "untagged";
 
-/// Directory names inside a repository; a nested repository may not use them.
-const RESERVED: [&str; 3] = ["blobs", "manifests", "tags"];
-
+/// Entries a repository's directory holds (and `v2/` itself: `_catalog`): a repository
+/// nested in another may not start below one of them, or its path would run into that
+/// repository's own entries. `_catalog` and the hidden `.ref`/`.after` entries are no
+/// valid repository components anyway; they are listed so the rule does not rest on
+/// the grammar. `referrers` is kept free for the referrers API.
+pub const RESERVED: [&str; 5] = ["_catalog", "blobs", "manifests", "referrers", "tags"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repo {
     pub tags: BTreeMap<String, Digest>,
@@ -72,16 +78,53 @@ pub struct Blob {
     pub source: BlobSource,
 }
 
-/// An image left out, and why.
+/// An image (or, for [`Reason::RepoCollides`], a repository) left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Excluded {
     pub image: String,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// Why an image cannot be served byte-exact. Displays as `cstor-fs list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("layer {0}: parent chain loops")]
+    ChainLoops(Id),
+    #[error("layer {0} is missing from layers.json")]
+    LayerMissing(Id),
+    /// What `store` found wrong with the layer on disk.
+    #[error("layer {layer}: {problem}")]
+    LayerProblem { layer: Id, problem: LayerProblem },
+    /// The full check of the layer's tar-split failed.
+    #[error("layer {layer}: {error}")]
+    LayerCheck { layer: Id, error: tarsplit::Error },
+    #[error("layer {0}: size not known yet (diff-size unset)")]
+    SizeUnknown(Id),
+    #[error("layer {0}: no diff-digest")]
+    NoDiffDigest(Id),
+    #[error("no image config in big data")]
+    NoConfig,
+    #[error("image config unreadable: {0}")]
+    ConfigUnreadable(String),
+    #[error("blob {digest} would be served as {first} and as {second} bytes (damaged layer metadata)")]
+    BlobSizes { digest: Digest, first: u64, second: u64 },
+    /// The `manifest` big data item does not parse as a manifest.
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest unreadable: {0}")]
+    ManifestUnreadable(String),
+    #[error("no layer and no manifest list")]
+    NoLayerNoList,
+    #[error("none of the {0} images of the manifest list is in the store")]
+    ListEmpty(usize),
+    /// The repository's path runs into `entry` of repository `parent`.
+    #[error("repository {repo} collides with the {entry}/ directory of repository {parent}")]
+    RepoCollides { repo: String, entry: String, parent: String },
 }
 
 /// Results of full layer checks (tar-split parsed, size summed) done by the caller:
 /// `Ok(size)` or `Err(why the layer cannot be rebuilt)`.
-pub type LayerChecks = HashMap<Id, Result<u64, String>>;
+pub type LayerChecks = HashMap<Id, Result<u64, tarsplit::Error>>;
 
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -135,8 +178,7 @@ impl Registry {
                 Ok(None) => match served.get(&img.id) {
                     Some(s) => s.manifest,
                     None if img.top_layer.is_none() => {
-                        reg.excluded
-                            .push(Excluded { image: img.label(), reason: "no layer and no manifest list".into() });
+                        reg.excluded.push(Excluded { image: img.label(), reason: Reason::NoLayerNoList });
                         continue;
                     }
                     None => continue,
@@ -161,7 +203,7 @@ impl Registry {
         reg
     }
 
-    fn serve_image(&mut self, snap: &Snapshot, checks: &LayerChecks, img: &Image) -> Result<Served, String> {
+    fn serve_image(&mut self, snap: &Snapshot, checks: &LayerChecks, img: &Image) -> Result<Served, Reason> {
         let top = img.top_layer.expect("caller checked");
         // Walk top -> base, then reverse.
         let mut chain = Vec::new();
@@ -169,18 +211,18 @@ impl Registry {
         let mut cur = Some(top);
         while let Some(id) = cur {
             if !seen.insert(id) {
-                return Err(format!("layer {id}: parent chain loops"));
+                return Err(Reason::ChainLoops(id));
             }
-            let layer = snap.layers.get(&id).ok_or_else(|| format!("layer {id} is missing from layers.json"))?;
+            let layer = snap.layers.get(&id).ok_or(Reason::LayerMissing(id))?;
             if let Some(p) = &layer.problem {
-                return Err(format!("layer {id}: {p}"));
+                return Err(Reason::LayerProblem { layer: id, problem: p.clone() });
             }
             let size = match checks.get(&id) {
-                Some(Err(why)) => return Err(format!("layer {id}: {why}")),
+                Some(Err(e)) => return Err(Reason::LayerCheck { layer: id, error: e.clone() }),
                 Some(Ok(size)) => *size,
-                None => layer.diff_size.ok_or_else(|| format!("layer {id}: size not known yet (diff-size unset)"))?,
+                None => layer.diff_size.ok_or(Reason::SizeUnknown(id))?,
             };
-            let digest = layer.diff_digest.ok_or_else(|| format!("layer {id}: no diff-digest"))?;
+            let digest = layer.diff_digest.ok_or(Reason::NoDiffDigest(id))?;
             chain.push((id, digest, size));
             cur = layer.parent;
         }
@@ -194,9 +236,9 @@ impl Registry {
                 .iter()
                 .find(|(k, _)| k.starts_with("sha256:"))
                 .map(|(_, v)| v.clone())
-                .ok_or("no image config in big data")?,
+                .ok_or(Reason::NoConfig)?,
         }
-        .map_err(|e| format!("image config unreadable: {e}"))?;
+        .map_err(Reason::ConfigUnreadable)?;
         let config_digest = Digest::of(&config);
         // One digest, one blob: a layer whose recorded diff digest is another blob's
         // (the config, or a layer of another size) would make a manifest name a size
@@ -207,9 +249,7 @@ impl Registry {
             let known = self.blobs.get(&d).map(|b| b.size).or_else(|| sizes.get(&d).copied());
             match known {
                 Some(other) if other != size => {
-                    return Err(format!(
-                        "blob {d} would be served as {other} and as {size} bytes (damaged layer metadata)"
-                    ))
+                    return Err(Reason::BlobSizes { digest: d, first: other, second: size })
                 }
                 _ => {
                     sizes.insert(d, size);
@@ -228,11 +268,11 @@ impl Registry {
                     let parsed = Stored::parse(b).and_then(|s| s.kind().map(|k| (s, k)));
                     match parsed {
                         Ok((s, k)) => stored.push((b.clone(), s, k)),
-                        Err(e) if key == "manifest" => return Err(e),
+                        Err(e) if key == "manifest" => return Err(Reason::ManifestInvalid(e)),
                         Err(_) => {}
                     }
                 }
-                Some(Err(e)) if key == "manifest" => return Err(format!("manifest unreadable: {e}")),
+                Some(Err(e)) if key == "manifest" => return Err(Reason::ManifestUnreadable(e.clone())),
                 _ => {}
             }
         }
@@ -285,7 +325,7 @@ impl Registry {
     /// list (no layer, `manifest` is an index), or the list an image was pulled through
     /// (its first recorded digest is that list's). An image that only later gained a
     /// list (pulled again through one) keeps its own manifest, as `podman push` would.
-    fn serve_list(&mut self, img: &Image, by_stored: &HashMap<Digest, Digest>) -> Result<Option<Digest>, String> {
+    fn serve_list(&mut self, img: &Image, by_stored: &HashMap<Digest, Digest>) -> Result<Option<Digest>, Reason> {
         let mut list = None;
         let pulled_via = img.first_digest.map(|d| format!("manifest-{d}"));
         for (key, v) in &img.big_data {
@@ -317,7 +357,7 @@ impl Registry {
             }
         }
         if children.is_empty() {
-            return Err(format!("none of the {} images of the manifest list is in the store", entries.len()));
+            return Err(Reason::ListEmpty(entries.len()));
         }
         let (bytes, media_type, verbatim): (Arc<[u8]>, MediaType, bool) = if all_verbatim {
             (bytes, mt, true)
@@ -392,18 +432,18 @@ impl Registry {
         r.blobs.extend(blobs);
     }
 
-    /// A repository `a/b/tags` cannot coexist with a repository `a/b` in a file tree.
+    /// Leaves out every repository whose path runs into another repository's own
+    /// entries: with `a/b` served, `a/b/tags`, `a/b/tags/list` or `a/b/manifests/x`
+    /// would name a file or directory of `a/b` (see [`RESERVED`]). What remains can be
+    /// laid out as a file tree without any two paths meeting.
     fn drop_conflicting_repos(&mut self) {
         let names: Vec<String> = self.repos.keys().cloned().collect();
         for name in names {
-            if let Some((parent, last)) = name.rsplit_once('/') {
-                if RESERVED.contains(&last) && self.repos.contains_key(parent) {
-                    self.repos.remove(&name);
-                    self.excluded.push(Excluded {
-                        image: name.clone(),
-                        reason: format!("repository {name} collides with the {last}/ directory of repository {parent}"),
-                    });
-                }
+            if let Some((parent, entry)) = collision(&name, |p| self.repos.contains_key(p)) {
+                self.repos.remove(&name);
+                let reason =
+                    Reason::RepoCollides { repo: name.clone(), entry: entry.to_string(), parent: parent.to_string() };
+                self.excluded.push(Excluded { image: name.clone(), reason });
             }
         }
     }
@@ -412,6 +452,23 @@ impl Registry {
     pub fn catalog(&self) -> Vec<&str> {
         self.repos.keys().map(String::as_str).collect()
     }
+}
+
+/// The first repository `parent` (for which `is_repo` holds) whose reserved entry
+/// `name` runs into, as (parent, entry). A parent that itself collides needs no care:
+/// whatever it runs into, `name` runs into too.
+pub fn collision(name: &str, is_repo: impl Fn(&str) -> bool) -> Option<(&str, &str)> {
+    let mut end = 0;
+    while let Some(i) = name[end..].find('/') {
+        let parent = &name[..end + i];
+        let rest = &name[end + i + 1..];
+        let entry = rest.split('/').next().unwrap_or(rest);
+        if RESERVED.contains(&entry) && is_repo(parent) {
+            return Some((parent, entry));
+        }
+        end += i + 1;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -121,24 +121,33 @@ fn bad_layers_exclude_the_image_with_a_reason() {
     let (img, _) = built(1, "localhost/a:1", &[1, 2]);
     let (img2, _) = built(2, "localhost/b:1", &[3]);
     let mut l2 = layer(2, Some(1));
-    l2.problem = Some("no tar-split metadata".into());
+    l2.problem = Some(LayerProblem::NoTarSplit("gone".into()));
     let s = snap(vec![img.clone(), img2.clone()], vec![layer(1, None), l2, layer(3, None)]);
     let reg = Registry::build(&s, &LayerChecks::new());
     assert_eq!(reg.excluded.len(), 1);
-    assert!(reg.excluded[0].reason.contains("tar-split"), "{:?}", reg.excluded);
+    assert_eq!(
+        reg.excluded[0].reason,
+        Reason::LayerProblem { layer: id(2), problem: LayerProblem::NoTarSplit("gone".into()) },
+        "{:?}",
+        reg.excluded
+    );
+    assert_eq!(reg.excluded[0].reason.to_string(), format!("layer {}: no tar-split metadata (gone)", id(2)));
     assert!(reg.excluded[0].image.contains("localhost/a:1"));
     assert!(reg.repos.contains_key("localhost/b"));
     // A failed full check excludes too.
     let mut checks = LayerChecks::new();
-    checks.insert(id(3), Err("tar-split rebuilds 1 bytes but diff-size is 2".into()));
+    let mismatch = tarsplit::Error::SizeMismatch { expected: 2, actual: 1 };
+    checks.insert(id(3), Err(mismatch.clone()));
     let reg = Registry::build(&snap(vec![img, img2], vec![layer(1, None), layer(2, Some(1)), layer(3, None)]), &checks);
     assert_eq!(reg.excluded.len(), 1, "{:?}", reg.excluded);
-    assert!(reg.excluded[0].reason.contains("diff-size"));
+    assert_eq!(reg.excluded[0].reason, Reason::LayerCheck { layer: id(3), error: mismatch });
+    assert!(reg.excluded[0].reason.to_string().contains("diff-size"));
     assert!(reg.repos.contains_key("localhost/a"));
     // Missing parent.
     let (img, _) = built(1, "localhost/a:1", &[1, 2]);
     let reg = Registry::build(&snap(vec![img], vec![layer(2, Some(1))]), &LayerChecks::new());
-    assert!(reg.excluded[0].reason.contains("missing"));
+    assert_eq!(reg.excluded[0].reason, Reason::LayerMissing(id(1)));
+    assert!(reg.excluded[0].reason.to_string().contains("missing"));
 }
 
 #[test]
@@ -191,6 +200,47 @@ fn reserved_repo_names_conflict() {
     assert!(reg.repos.contains_key("localhost/a"));
     assert!(!reg.repos.contains_key("localhost/a/tags"));
     assert_eq!(reg.excluded.len(), 1);
+}
+
+#[test]
+fn repos_running_into_another_repos_entries_are_left_out() {
+    // Regression: these reached `unreachable!` in the tree builder.
+    let names = [
+        "localhost/app:1",
+        "localhost/app/tags/list:1",
+        "localhost/app/manifests/x:1",
+        "localhost/app/blobs:1",
+        "localhost/app/blobs/sha256/x:1",
+        "localhost/app/referrers/a:1",
+        "localhost/app/tagsx/y:1",
+        "localhost/app/web/tags:1",
+    ];
+    let images: Vec<Image> = names.iter().enumerate().map(|(i, n)| built(i as u8 + 1, n, &[1]).0).collect();
+    let reg = Registry::build(&snap(images, vec![layer(1, None)]), &LayerChecks::new());
+    let served: Vec<&str> = reg.catalog();
+    assert_eq!(served, ["localhost/app", "localhost/app/tagsx/y", "localhost/app/web/tags"]);
+    for x in &reg.excluded {
+        let Reason::RepoCollides { repo, parent, .. } = &x.reason else { panic!("{x:?}") };
+        assert_eq!((repo, parent.as_str()), (&x.image, "localhost/app"));
+    }
+    let reasons: Vec<(String, String)> = reg.excluded.iter().map(|x| (x.image.clone(), x.reason.to_string())).collect();
+    let mut left: Vec<(&str, &str)> = reasons.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    left.sort();
+    let want = |n: &str, e: &str| {
+        (n.to_string(), format!("repository {n} collides with the {e}/ directory of repository localhost/app"))
+    };
+    let want = [
+        want("localhost/app/blobs", "blobs"),
+        want("localhost/app/blobs/sha256/x", "blobs"),
+        want("localhost/app/manifests/x", "manifests"),
+        want("localhost/app/referrers/a", "referrers"),
+        want("localhost/app/tags/list", "tags"),
+    ];
+    let want: Vec<(&str, &str)> = want.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(left, want);
+    assert_eq!(collision("a/b/c", |p| p == "a"), None);
+    assert_eq!(collision("a/tags", |p| p == "a"), Some(("a", "tags")));
+    assert_eq!(collision("a/b/tags/c", |p| p == "a/b"), Some(("a/b", "tags")));
 }
 
 #[test]
@@ -252,7 +302,8 @@ fn one_digest_one_blob_size() {
     l.diff_digest = Some(Digest::of(&config));
     let reg = Registry::build(&snap(vec![img], vec![l]), &LayerChecks::new());
     assert_eq!(reg.excluded.len(), 1, "{:?}", reg.excluded);
-    assert!(reg.excluded[0].reason.contains("would be served as"), "{:?}", reg.excluded);
+    assert!(matches!(reg.excluded[0].reason, Reason::BlobSizes { .. }), "{:?}", reg.excluded);
+    assert!(reg.excluded[0].reason.to_string().contains("would be served as"), "{:?}", reg.excluded);
     assert!(reg.manifests.is_empty());
 
     // Two images whose layers claim one diff digest with different sizes: the first
@@ -265,7 +316,9 @@ fn one_digest_one_blob_size() {
     assert!(reg.repos.contains_key("localhost/a"));
     assert!(!reg.repos.contains_key("localhost/b"));
     assert_eq!(reg.excluded.len(), 1, "{:?}", reg.excluded);
-    assert!(reg.excluded[0].reason.contains("1024 and as 2048 bytes"), "{:?}", reg.excluded);
+    let want = Reason::BlobSizes { digest: Digest::of(&[1]), first: 1024, second: 2048 };
+    assert_eq!(reg.excluded[0].reason, want);
+    assert!(reg.excluded[0].reason.to_string().contains("1024 and as 2048 bytes"), "{:?}", reg.excluded);
     for m in reg.manifests.values() {
         let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
         for l in v["layers"].as_array().unwrap() {

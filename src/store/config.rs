@@ -74,8 +74,7 @@ impl Env {
     pub fn from_process() -> Env {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         Env {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            euid: unsafe { libc::geteuid() },
+            euid: crate::sys::euid(),
             home: var("HOME"),
             xdg_config_home: var("XDG_CONFIG_HOME"),
             xdg_data_home: var("XDG_DATA_HOME"),

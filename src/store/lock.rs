@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// A held OFD read lock; released on drop (closing the only fd of the description).
@@ -20,21 +19,8 @@ pub struct ReadLock {
 pub fn read_lock(path: &Path) -> io::Result<ReadLock> {
     // Non-blocking and regular-only: a FIFO in place of a lock file must not stall us.
     let file = crate::confine::open_regular(path)?;
-    // SAFETY: flock is a plain C struct; all-zero is a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_RDLCK as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    loop {
-        // SAFETY: valid fd and a pointer to a live flock struct.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
-        if r == 0 {
-            return Ok(ReadLock { _file: file });
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    crate::sys::ofd_read_lock(&file)?;
+    Ok(ReadLock { _file: file })
 }
 
 fn token_of(mut f: &File) -> Vec<u8> {

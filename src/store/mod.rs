@@ -2,7 +2,8 @@
 //!
 //! [`config::resolve`] finds the graphroot and driver; [`Store`] reads `images.json`,
 //! `layers.json` and the images' manifest/config big data under brief OFD read locks
-//! ([`lock`]), producing a [`Snapshot`] plus warnings. [`Store::token`] is a cheap
+//! ([`lock`]), producing a [`Snapshot`] plus typed [`Warning`]s (a layer a cheap check
+//! finds unusable carries a [`LayerProblem`]). [`Store::token`] is a cheap
 //! change check (lock tokens + stat of the JSON files). Every byte read here is
 //! untrusted: ids become path components only after [`Id`] parsing, sizes are capped,
 //! and a malformed entry costs that entry (a warning), never the whole store.
@@ -137,7 +138,33 @@ pub struct Layer {
     /// Length of the uncompressed tar, if recorded (c/storage writes -1 when unknown).
     pub diff_size: Option<u64>,
     /// Why this layer cannot be rebuilt byte-exact, if a cheap check already knows.
-    pub problem: Option<String>,
+    pub problem: Option<LayerProblem>,
+}
+
+/// Why a layer cannot be rebuilt byte-exact, as a cheap check (flags, stat) finds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayerProblem {
+    #[error("layer is flagged incomplete (an interrupted pull)")]
+    Incomplete,
+    #[error("layer has no diff-digest")]
+    NoDiffDigest,
+    #[error("tar-split metadata is not a regular file")]
+    TarSplitNotRegular,
+    /// The tar-split file cannot be stat'ed (the error's text).
+    #[error("no tar-split metadata ({0})")]
+    NoTarSplit(String),
+    #[error("composefs layer: its table of contents is not a regular file")]
+    ComposefsTocNotRegular,
+    /// A composefs layer whose table of contents cannot be stat'ed (the error's text).
+    #[error("composefs layer without a table of contents ({0})")]
+    ComposefsNoToc(String),
+    #[error("layer files are a symlink (additional layer store)")]
+    FilesAreSymlink,
+    #[error("{} is not a directory", .0.display())]
+    FilesNotADirectory(PathBuf),
+    /// The layer's files directory cannot be stat'ed (the error's text).
+    #[error("{}: {error}", path.display())]
+    FilesUnreadable { path: PathBuf, error: String },
 }
 
 /// An immutable view of the store at one moment.
@@ -148,7 +175,59 @@ pub struct Snapshot {
     pub images: Vec<Image>,
     pub layers: BTreeMap<Id, Layer>,
     /// Entries that could not be read, each naming the file and entry.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// A non-fatal problem reading the store: `file` and what was wrong in it. Displays as
+/// `list` and the logs show it (`<file>: <what>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {what}", file.display())]
+pub struct Warning {
+    pub file: PathBuf,
+    pub what: WarningKind,
+}
+
+/// What a [`Warning`] is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WarningKind {
+    /// The lock file could not be read-locked (the error's text); read without it.
+    #[error("cannot take a read lock ({0}); reading without it")]
+    NoReadLock(String),
+    /// The JSON array is damaged; the complete entries were kept.
+    #[error("{error}; using the {kept} complete entries {}", match skipped { 0 => "before the damage".to_string(), n => format!("and skipping {n} damaged part(s)") })]
+    Salvaged { error: String, kept: usize, skipped: usize },
+    /// An entry that does not decode (`label` names it: `entry 3` or `entry 3 (id ...)`).
+    #[error("{label}: {error}")]
+    BadEntry { label: String, error: String },
+    #[error("entry {0}: duplicate layer id")]
+    DuplicateLayer(usize),
+    #[error("entry {entry}: {error}")]
+    BadLayer { entry: usize, error: String },
+    #[error("entry {entry}: image id: {error}")]
+    BadImageId { entry: usize, error: String },
+    #[error("entry {entry}: duplicate image id {id}")]
+    DuplicateImage { entry: usize, id: Id },
+    #[error("image {image}: layer: {error}")]
+    BadTopLayer { image: Id, error: String },
+    /// An image store or additional image store that does not exist (`file` is its path).
+    #[error("this {0} does not exist (yet); nothing read from it")]
+    StoreMissing(&'static str),
+    /// An image store or additional image store that cannot be read (the error's text).
+    #[error("this {what} not read: {error}")]
+    StoreNotRead { what: &'static str, error: String },
+}
+
+/// What kind of store `origin` is, in words.
+fn origin_kind(origin: Origin) -> &'static str {
+    match origin {
+        Origin::ImageStore => "image store",
+        Origin::Graphroot => "graphroot",
+        Origin::Additional(_) => "additional image store",
+    }
+}
+
+fn warn(file: &Path, what: WarningKind) -> Warning {
+    Warning { file: file.to_path_buf(), what }
 }
 
 /// Cheap fingerprint of the store's metadata; differs after any write podman makes.
@@ -179,7 +258,7 @@ pub struct Store {
     /// `imagestore` and `additionalimagestores` from storage.conf.
     others: config::ImageStores,
     /// Results of the per-layer file checks; layers never change once complete.
-    layer_checks: Mutex<HashMap<Id, Option<String>>>,
+    layer_checks: Mutex<HashMap<Id, Option<LayerProblem>>>,
 }
 
 impl Store {
@@ -265,14 +344,14 @@ impl Store {
         let mut locks = Vec::new();
         let missing: Vec<Origin> = self.origins().into_iter().filter(|o| !self.root(*o).is_dir()).collect();
         for o in &missing {
-            warnings.push(format!("{} does not exist (yet); nothing read from it", self.describe(*o)));
+            warnings.push(warn(self.root(*o), WarningKind::StoreMissing(origin_kind(*o))));
         }
         for p in lock_paths.iter().filter(|p| !missing.iter().any(|o| p.starts_with(self.root(*o)))) {
             match lock::read_lock(p) {
                 Ok(l) => locks.push(l),
                 // A store never written by this podman version, or one we may not open:
                 // read without the lock rather than not at all.
-                Err(e) => warnings.push(format!("{}: cannot take a read lock ({e}); reading without it", p.display())),
+                Err(e) => warnings.push(warn(p, WarningKind::NoReadLock(e.to_string()))),
             }
         }
         let token = self.token();
@@ -296,7 +375,10 @@ impl Store {
             };
             match read() {
                 Ok(()) => {}
-                Err(e) if extra => warnings.push(format!("{} not read: {e}", self.describe(origin))),
+                Err(e) if extra => warnings.push(warn(
+                    self.root(origin),
+                    WarningKind::StoreNotRead { what: origin_kind(origin), error: e.to_string() },
+                )),
                 Err(e) => return Err(e),
             }
         }
@@ -304,7 +386,7 @@ impl Store {
         Ok(Snapshot { location: self.location.clone(), token, images, layers, warnings })
     }
 
-    fn read_array(&self, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<serde_json::Value>, Error> {
+    fn read_array(&self, path: &Path, warnings: &mut Vec<Warning>) -> Result<Vec<serde_json::Value>, Error> {
         let bytes = match read_capped(path, MAX_JSON) {
             Ok(b) => b,
             // A fresh store has no images.json until the first image is written.
@@ -324,35 +406,24 @@ impl Store {
                 if !got.array {
                     return Err(Error::format(path, e));
                 }
-                let how = match got.skipped {
-                    0 => "before the damage".to_string(),
-                    n => format!("and skipping {n} damaged part(s)"),
-                };
-                warnings.push(format!(
-                    "{}: {e}; using the {} complete entries {how}",
-                    path.display(),
-                    got.entries.len()
-                ));
+                let what =
+                    WarningKind::Salvaged { error: e.to_string(), kept: got.entries.len(), skipped: got.skipped };
+                warnings.push(warn(path, what));
                 Ok(got.entries)
             }
         }
     }
 
-    /// How `list` and warnings name a store.
+    /// How `list` names a store: its kind and path.
     pub fn describe(&self, origin: Origin) -> String {
-        let what = match origin {
-            Origin::ImageStore => "image store",
-            Origin::Graphroot => "graphroot",
-            Origin::Additional(_) => "additional image store",
-        };
-        format!("{what} {}", self.root(origin).display())
+        format!("{} {}", origin_kind(origin), self.root(origin).display())
     }
 
     fn read_layers(
         &self,
         origin: Origin,
         path: &Path,
-        warnings: &mut Vec<String>,
+        warnings: &mut Vec<Warning>,
     ) -> Result<BTreeMap<Id, Layer>, Error> {
         let mut out = BTreeMap::new();
         for (i, v) in self.read_array(path, warnings)?.into_iter().enumerate() {
@@ -360,17 +431,17 @@ impl Store {
             let raw: raw::RawLayer = match serde_json::from_value(v) {
                 Ok(r) => r,
                 Err(e) => {
-                    warnings.push(format!("{}: {label}: {e}", path.display()));
+                    warnings.push(warn(path, WarningKind::BadEntry { label, error: e.to_string() }));
                     continue;
                 }
             };
             match self.layer_from_raw(origin, raw) {
                 Ok(l) => {
                     if out.insert(l.id, l).is_some() {
-                        warnings.push(format!("{}: entry {i}: duplicate layer id", path.display()));
+                        warnings.push(warn(path, WarningKind::DuplicateLayer(i)));
                     }
                 }
-                Err(msg) => warnings.push(format!("{}: entry {i}: {msg}", path.display())),
+                Err(error) => warnings.push(warn(path, WarningKind::BadLayer { entry: i, error })),
             }
         }
         Ok(out)
@@ -390,9 +461,9 @@ impl Store {
         let diff_size = raw.diff_size.and_then(|s| u64::try_from(s).ok());
         let flag = |k: &str| raw.flags.as_ref().and_then(|f| f.get(k)).is_some_and(|v| v != false);
         let problem = if flag("incomplete") {
-            Some("layer is flagged incomplete (an interrupted pull)".to_string())
+            Some(LayerProblem::Incomplete)
         } else if diff_digest.is_none() {
-            Some("layer has no diff-digest".to_string())
+            Some(LayerProblem::NoDiffDigest)
         } else {
             self.check_layer_files(&id, origin)
         };
@@ -400,7 +471,7 @@ impl Store {
     }
 
     /// Stat-only checks that the files a rebuild needs are there and usable.
-    fn check_layer_files(&self, id: &Id, origin: Origin) -> Option<String> {
+    fn check_layer_files(&self, id: &Id, origin: Origin) -> Option<LayerProblem> {
         if let Some(cached) = self.layer_checks.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return cached.clone();
         }
@@ -408,24 +479,22 @@ impl Store {
         let problem = (|| {
             match std::fs::symlink_metadata(&files.tar_split) {
                 Ok(m) if m.is_file() => {}
-                Ok(_) => return Some("tar-split metadata is not a regular file".into()),
-                Err(e) => return Some(format!("no tar-split metadata ({e})")),
+                Ok(_) => return Some(LayerProblem::TarSplitNotRegular),
+                Err(e) => return Some(LayerProblem::NoTarSplit(e.to_string())),
             }
             let own = &files.content_dirs[0];
             if let Some(toc) = &files.toc {
                 match std::fs::symlink_metadata(toc) {
                     Ok(m) if m.is_file() => {}
-                    Ok(_) => return Some("composefs layer: its table of contents is not a regular file".into()),
-                    Err(e) => return Some(format!("composefs layer without a table of contents ({e})")),
+                    Ok(_) => return Some(LayerProblem::ComposefsTocNotRegular),
+                    Err(e) => return Some(LayerProblem::ComposefsNoToc(e.to_string())),
                 }
             }
             match std::fs::symlink_metadata(own) {
                 Ok(m) if m.is_dir() => None,
-                Ok(m) if m.file_type().is_symlink() => {
-                    Some("layer files are a symlink (additional layer store)".into())
-                }
-                Ok(_) => Some(format!("{} is not a directory", own.display())),
-                Err(e) => Some(format!("{}: {e}", own.display())),
+                Ok(m) if m.file_type().is_symlink() => Some(LayerProblem::FilesAreSymlink),
+                Ok(_) => Some(LayerProblem::FilesNotADirectory(own.clone())),
+                Err(e) => Some(LayerProblem::FilesUnreadable { path: own.clone(), error: e.to_string() }),
             }
         })();
         // Only cache definite answers about present layers; a missing layer may be mid-write.
@@ -504,7 +573,7 @@ impl Store {
         Ok(files)
     }
 
-    fn read_images(&self, origin: Origin, path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Image>, Error> {
+    fn read_images(&self, origin: Origin, path: &Path, warnings: &mut Vec<Warning>) -> Result<Vec<Image>, Error> {
         let mut out: Vec<Image> = Vec::new();
         // Big data is opened beneath this handle: no symlink in the image's directory
         // (or in place of it) can point the read outside the store.
@@ -514,27 +583,27 @@ impl Store {
             let raw: raw::RawImage = match serde_json::from_value(v) {
                 Ok(r) => r,
                 Err(e) => {
-                    warnings.push(format!("{}: {label}: {e}", path.display()));
+                    warnings.push(warn(path, WarningKind::BadEntry { label, error: e.to_string() }));
                     continue;
                 }
             };
             let id: Id = match raw.id.parse() {
                 Ok(id) => id,
                 Err(e) => {
-                    warnings.push(format!("{}: entry {i}: image id: {e}", path.display()));
+                    warnings.push(warn(path, WarningKind::BadImageId { entry: i, error: e.to_string() }));
                     continue;
                 }
             };
             if out.iter().any(|img| img.id == id) {
-                warnings.push(format!("{}: entry {i}: duplicate image id {id}", path.display()));
+                warnings.push(warn(path, WarningKind::DuplicateImage { entry: i, id }));
                 continue;
             }
             let top_layer = match raw.layer.as_deref() {
                 None | Some("") => None,
-                Some(l) => match l.parse() {
+                Some(l) => match l.parse::<Id>() {
                     Ok(l) => Some(l),
                     Err(e) => {
-                        warnings.push(format!("{}: image {id}: layer: {e}", path.display()));
+                        warnings.push(warn(path, WarningKind::BadTopLayer { image: id, error: e.to_string() }));
                         continue;
                     }
                 },

@@ -11,7 +11,8 @@
 //! file was confirmed to be a regular file inside the layer directory with the
 //! recorded size and CRC-64 (small payloads are read once, checked and served from
 //! the reader's buffer); anything else is an I/O error naming the layer and path. A
-//! parse that fails, or rebuilds a size other than the recorded one, fails every read.
+//! parse that fails, or rebuilds a size other than the recorded one, fails every read;
+//! a file entry with a payload but no CRC-64 fails the parse.
 //! The index never holds file contents.
 
 mod cache;
@@ -48,6 +49,9 @@ pub enum Error {
     Format { line: u64, msg: String },
     #[error("tar-split rebuilds {actual} bytes but the layer records diff-size {expected} (sparse files or damaged metadata)")]
     SizeMismatch { expected: u64, actual: u64 },
+    /// A composefs layer's table of contents cannot be read or used (why, in words).
+    #[error("table of contents: {0}")]
+    Toc(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +87,8 @@ impl Entry {
 struct FileInfo {
     /// Range of the cleaned, relative path in the name arena.
     name: (u32, u32),
-    crc: Option<u64>,
+    /// The payload's CRC-64 as tar-split recorded it (a file entry without one is refused).
+    crc: u64,
     /// Identity of the file on disk last confirmed to hold exactly the recorded content
     /// ([`stamp`] of its metadata; 0: never). A file changed or replaced since then has
     /// another stamp and is checked again.
@@ -335,13 +340,38 @@ impl Index {
     }
 }
 
+/// A copy for every waiter of a failed parse and for the layer check results
+/// (`io::Error` is not `Clone`: an I/O error keeps its kind and message).
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        self.duplicate()
+    }
+}
+
+/// Same variant and fields; I/O errors by kind and message.
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        match (self, other) {
+            (Error::Io(a), Error::Io(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
+            (Error::Format { line: a, msg: m }, Error::Format { line: b, msg: n }) => a == b && m == n,
+            (Error::SizeMismatch { expected: a, actual: x }, Error::SizeMismatch { expected: b, actual: y }) => {
+                a == b && x == y
+            }
+            (Error::Toc(a), Error::Toc(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Error {}
+
 impl Error {
-    /// A copy for every waiter of a failed parse (`io::Error` is not `Clone`).
     fn duplicate(&self) -> Error {
         match self {
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
             Error::Format { line, msg } => Error::Format { line: *line, msg: msg.clone() },
             Error::SizeMismatch { expected, actual } => Error::SizeMismatch { expected: *expected, actual: *actual },
+            Error::Toc(why) => Error::Toc(why.clone()),
         }
     }
 }
@@ -489,21 +519,23 @@ impl<R: BufRead> Parser<R> {
                 if size == 0 {
                     return Ok(());
                 }
-                let crc = match e.payload.as_deref().filter(|p| !p.is_empty()) {
-                    None => None,
-                    Some(p) => {
-                        let mut b = [0u8; 8];
-                        match B64.decode_slice(p, &mut b) {
-                            Ok(8) => Some(u64::from_be_bytes(b)),
-                            Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-                                return Err("file checksum is not 8 bytes".into())
-                            }
-                            Err(e) => return Err(format!("file checksum: {e}")),
-                        }
-                    }
-                };
                 let clean = clean_path(&raw_name)
                     .ok_or_else(|| format!("file entry {:?} names no file", String::from_utf8_lossy(&raw_name)))?;
+                // Without the CRC-64 nothing could tell a changed file from the recorded one.
+                let Some(p) = e.payload.as_deref().filter(|p| !p.is_empty()) else {
+                    return Err(format!(
+                        "file entry {:?} ({size} bytes) has no CRC-64 to check its payload against",
+                        String::from_utf8_lossy(&clean)
+                    ));
+                };
+                let mut b = [0u8; 8];
+                let crc = match B64.decode_slice(p, &mut b) {
+                    Ok(8) => u64::from_be_bytes(b),
+                    Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                        return Err("file checksum is not 8 bytes".into())
+                    }
+                    Err(e) => return Err(format!("file checksum: {e}")),
+                };
                 self.push_file(&clean, size, crc)
             }
             k => Err(format!("unknown entry type {k}")),
@@ -528,7 +560,7 @@ impl<R: BufRead> Parser<R> {
         Ok(())
     }
 
-    fn push_file(&mut self, path: &[u8], size: u64, crc: Option<u64>) -> Result<(), String> {
+    fn push_file(&mut self, path: &[u8], size: u64, crc: u64) -> Result<(), String> {
         let start = self.grow(size)?;
         let file = self.files;
         if file as usize >= MAX_FILES {

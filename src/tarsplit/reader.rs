@@ -91,7 +91,7 @@ impl LayerBlob {
     /// Opens payload `file`, checking it is a regular file of the recorded size.
     /// Returns it with the recorded CRC-64, its [`super::stamp`], and whether this very
     /// file (same identity, unchanged since) was checked already.
-    fn open_payload(&self, file: u32, size: u64) -> io::Result<(File, Option<u64>, u64, bool)> {
+    fn open_payload(&self, file: u32, size: u64) -> io::Result<(File, u64, u64, bool)> {
         let (name, crc, verified) = {
             let t = self.index.table();
             let info = &t.files[file as usize];
@@ -136,14 +136,10 @@ impl LayerBlob {
 
     /// Compares a payload's CRC-64 with the recorded one and records the outcome for
     /// the file as identified by `stamp`, for every reader of this index.
-    fn check_crc(&self, file: u32, got: u64, want: Option<u64>, stamp: u64) -> io::Result<()> {
-        if let Some(want) = want {
-            if got != want {
-                self.index.table().files[file as usize].verified.store(failed(stamp), Ordering::Release);
-                return Err(
-                    self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}"))
-                );
-            }
+    fn check_crc(&self, file: u32, got: u64, want: u64, stamp: u64) -> io::Result<()> {
+        if got != want {
+            self.index.table().files[file as usize].verified.store(failed(stamp), Ordering::Release);
+            return Err(self.err(file, format_args!("payload CRC-64 {got:016x} differs from tar-split's {want:016x}")));
         }
         self.index.table().files[file as usize].verified.store(stamp, Ordering::Release);
         Ok(())

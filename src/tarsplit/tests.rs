@@ -248,9 +248,7 @@ fn damaged_payloads_are_errors_naming_the_file() {
     std::fs::remove_file(diff.join("exact512")).unwrap();
     assert!(read_err("exact512").contains("missing"));
     // A FIFO does not block.
-    let c = std::ffi::CString::new(diff.join("exact512").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid path string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    nix::unistd::mkfifo(&diff.join("exact512"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     read_err("exact512");
 }
 
@@ -290,10 +288,39 @@ fn malformed_streams_are_errors() {
         b"{\"type\":1,\"name\":\"a\",\"size\":-1}\n",
         b"{\"type\":1,\"name\":\"a\",\"size\":3,\"payload\":\"AAAA\"}\n",
         b"{\"type\":1,\"name\":\"./\",\"size\":3}\n",
+        // Beyond tar-split's int64: refused by the JSON decoding already.
         b"{\"type\":1,\"name\":\"a\",\"size\":18446744073709551615}\n{\"type\":1,\"name\":\"b\",\"size\":2}\n",
     ] {
         assert!(Index::parse(bad, None).is_err(), "{}", String::from_utf8_lossy(bad));
     }
+}
+
+#[test]
+fn sizes_summing_past_u64_reach_the_overflow_guard() {
+    // Each size is a valid int64; three of them overflow a u64 offset.
+    let line = format!("{{\"type\":1,\"name\":\"a\",\"size\":{},\"payload\":\"AAAAAAAAAAA=\"}}\n", i64::MAX);
+    let stream = line.repeat(3).into_bytes();
+    match Index::parse(std::io::Cursor::new(stream), None) {
+        Err(Error::Format { line: 3, msg }) => assert!(msg.contains("overflows"), "{msg}"),
+        other => panic!("expected the overflow guard on line 3, got {other:?}"),
+    }
+}
+
+#[test]
+fn file_entry_without_crc_is_refused_naming_the_file() {
+    // Regression: a payload with no recorded CRC-64 was served unchecked.
+    for payload in ["", r#","payload":null"#, r#","payload":"""#] {
+        let stream = format!("{{\"type\":1,\"name\":\"etc/passwd\",\"size\":3{payload}}}\n").into_bytes();
+        match Index::parse(std::io::Cursor::new(stream), None) {
+            Err(Error::Format { line: 1, msg }) => {
+                assert!(msg.contains("etc/passwd") && msg.contains("no CRC-64"), "{msg}")
+            }
+            other => panic!("expected a refusal naming etc/passwd, got {other:?}"),
+        }
+    }
+    // An empty file has no payload to check and needs none.
+    let ok = b"{\"type\":1,\"name\":\"empty\",\"size\":0}\n{\"type\":1,\"name\":\"empty2\"}\n";
+    assert_eq!(Index::parse(&ok[..], None).unwrap().size(), 0);
 }
 
 #[test]

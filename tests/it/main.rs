@@ -12,6 +12,7 @@ mod hardening;
 mod mount;
 mod network;
 mod podman5;
+mod regressions;
 mod rootless;
 mod scaleout;
 mod serve;

@@ -320,6 +320,6 @@ fn additional_stores_are_watched_and_an_unreadable_one_is_a_warning() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("localhost/multi/in-graphroot"), "{text}");
-    assert!(text.contains("nowhere does not exist"), "{text}");
+    assert!(text.contains("nowhere: this additional image store does not exist"), "{text}");
     assert!(text.contains("broken.conf"), "{text}");
 }

@@ -4,7 +4,10 @@
 //! raw bytes). Never panics; building is deterministic (same snapshot, same bytes);
 //! every manifest hashes to its digest and is valid JSON; rewritten ones are exactly
 //! the manifest of the model (config and layer digests and sizes of the blobs they
-//! name); everything a repository lists exists. Also the rewrite functions directly.
+//! name); everything a repository lists exists. The model is then laid out as the
+//! mount's file tree: never a panic, every repository with its tags/list, tags,
+//! manifests and blobs where the HTTP configs look for them, and a consistent node
+//! graph. Also the rewrite functions directly.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -14,13 +17,16 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use cstor_fs::registry::manifest::{self, Child, MediaType, Stored};
 use cstor_fs::registry::{BlobSource, LayerChecks, Registry};
-use cstor_fs::store::{ChangeToken, Driver, Image, Layer, Location, Origin, Snapshot};
+use cstor_fs::store::{ChangeToken, Driver, Image, Layer, LayerProblem, Location, Origin, Snapshot};
+use cstor_fs::fs::{Content, Kind, Tree, ROOT};
+use cstor_fs::live::View;
+use cstor_fs::tarsplit::Error;
 use cstor_fs::{Digest, Id};
 use cstor_fs_fuzz::{digest, id};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 13] = [
     "localhost/a:v1",
     "localhost/a",
     "example.com:5000/x/y:latest",
@@ -31,6 +37,9 @@ const NAMES: [&str; 10] = [
     "LOCALHOST/A:v2",
     "localhost/a:bad tag",
     "localhost/a/manifests/x:1",
+    "localhost/a/tags/list:1",
+    "localhost/a/referrers/x/y:1",
+    "localhost/a/b/blobs:1",
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -162,7 +171,7 @@ fn snapshot(input: &Input) -> Snapshot {
             parent: l.parent.map(id),
             diff_digest: l.diff.map(digest),
             diff_size: l.size.map(u64::from),
-            problem: l.problem.then(|| "damaged".to_string()),
+            problem: l.problem.then_some(LayerProblem::Incomplete),
         };
         layers.insert(layer.id, layer);
     }
@@ -318,7 +327,11 @@ fuzz_target!(|input: Input| {
             }
         }
     }
-    let checks: LayerChecks = input.checks.iter().map(|(n, r)| (id(*n), r.clone().map(u64::from))).collect();
+    let checks: LayerChecks = input
+        .checks
+        .iter()
+        .map(|(n, r)| (id(*n), r.clone().map(u64::from).map_err(|msg| Error::Format { line: 1, msg })))
+        .collect();
     let reg = Registry::build(&snap, &checks);
     let again = Registry::build(&snap, &checks);
     assert_eq!(canonical(&reg), canonical(&again), "two builds of one snapshot differ");
@@ -395,4 +408,50 @@ fuzz_target!(|input: Input| {
             assert_eq!(bytes.len() as u64, b.size);
         }
     }
+    check_tree(snap, reg);
 });
+
+/// The tree of the model: total, consistent, and holding every repository whole.
+fn check_tree(snapshot: Snapshot, registry: Registry) {
+    let view = Arc::new(View { snapshot, registry, built: std::time::SystemTime::UNIX_EPOCH });
+    let tree = Tree::build(view.clone());
+    let reg = &view.registry;
+    let by_path: BTreeMap<&str, &cstor_fs::fs::Node> = tree.nodes.values().map(|n| (n.path.as_str(), n)).collect();
+    assert_eq!(by_path.len(), tree.nodes.len(), "two nodes share a path");
+    for (ino, n) in &tree.nodes {
+        if let Kind::Dir { children, .. } = &n.kind {
+            for (name, c) in children {
+                let child = tree.nodes.get(c).expect("a child link names a node");
+                assert_eq!(child.path, format!("{}/{name}", n.path));
+                assert_eq!(child.parent, *ino);
+            }
+        }
+        if *ino != ROOT {
+            let Kind::Dir { children, .. } = &tree.nodes[&n.parent].kind else { panic!("parent is no directory") };
+            assert!(children.values().any(|c| c == ino), "{} is not listed by its parent", n.path);
+        }
+    }
+    let file = |p: &str| match by_path.get(p).map(|n| &n.kind) {
+        Some(Kind::File(c)) => c.clone(),
+        other => panic!("{p}: {other:?}"),
+    };
+    for (name, repo) in &reg.repos {
+        let base = format!("/v2/{name}");
+        let Content::Bytes(list) = file(&format!("{base}/tags/list")) else { panic!("tags/list is bytes") };
+        let v: Value = serde_json::from_slice(&list).expect("tags/list is JSON");
+        assert_eq!(v["name"], name.as_str());
+        for (tag, d) in &repo.tags {
+            match by_path.get(format!("{base}/manifests/{tag}").as_str()).map(|n| &n.kind) {
+                Some(Kind::Link(t)) => assert_eq!(*t, d.to_string()),
+                other => panic!("{name}:{tag}: {other:?}"),
+            }
+        }
+        for d in &repo.manifests {
+            let Content::Bytes(b) = file(&format!("{base}/manifests/{d}")) else { panic!("manifest is bytes") };
+            assert_eq!(Digest::of(&b), *d);
+        }
+        for d in &repo.blobs {
+            assert_eq!(file(&format!("{base}/blobs/{d}")).size(), reg.blobs[d].size);
+        }
+    }
+}

@@ -54,7 +54,9 @@ fuzz_target!(|data: &[u8]| {
 
     let Some(snap) = load(&root) else { return };
     for w in &snap.warnings {
-        assert!(w.contains(".json") || w.contains(".lock"), "warning names no file: {w}");
+        let file = w.file.to_string_lossy();
+        assert!(file.ends_with(".json") || file.ends_with(".lock"), "warning names no file: {w}");
+        assert!(w.to_string().starts_with(&*file), "{w}");
     }
     // Deterministic: a second load of the same files gives the same snapshot.
     let again = load(&root).expect("second load of the same files");
