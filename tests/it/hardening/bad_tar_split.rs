@@ -36,9 +36,10 @@ fn tar_split_expanding_past_diff_size_is_refused_without_buffering_it() {
     let bad = bad_image(&s, "localhost/bad/bomb:1", 17);
     // 4 million one-byte file entries before the real ones: ~4 MB rebuilt (against a
     // diff-size of ~200 KiB) from a gzip of about 1 MiB, but ~57 bytes of index each (~250 MiB).
+    // Each has a CRC-64 (8 bytes, base64), as a file entry with a payload must.
     let p = tar_split(&s.storage, &bad.layer);
     let entries = read_tar_split(&p);
-    let line = b"{\"type\":1,\"name\":\"f\",\"size\":1}\n".repeat(1 << 16);
+    let line = b"{\"type\":1,\"name\":\"f\",\"size\":1,\"payload\":\"AAAAAAAAAAA=\"}\n".repeat(1 << 16);
     let mut gz = flate2::write::GzEncoder::new(File::create(&p).unwrap(), flate2::Compression::fast());
     for _ in 0..(4 << 20) >> 16 {
         gz.write_all(&line).unwrap();
