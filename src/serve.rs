@@ -157,16 +157,8 @@ fn write_worker_htpasswd(path: &Path, h: &Htpasswd, root: bool) -> Result<String
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err(what()))?;
     f.write_all(text.as_bytes()).map_err(io_err(what()))?;
     if root {
-        // SAFETY: getgrnam gets a NUL-terminated name; the result is read at once.
-        let gid = unsafe {
-            let g = libc::getgrnam(c"nogroup".as_ptr());
-            if g.is_null() {
-                None
-            } else {
-                Some((*g).gr_gid)
-            }
-        };
-        let gid = gid.ok_or_else(|| Error::Failed("no group `nogroup` for nginx's workers".into()))?;
+        let gid =
+            sys::group_id("nogroup").ok_or_else(|| Error::Failed("no group `nogroup` for nginx's workers".into()))?;
         std::os::unix::fs::fchown(&f, Some(0), Some(gid)).map_err(io_err(what()))?;
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(io_err(what()))?;

@@ -53,6 +53,42 @@ pub fn user_name(uid: u32) -> Option<String> {
     nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
 }
 
+/// The id of group `name` (through NSS), if there is one.
+pub fn group_id(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+}
+
+/// This host's name (gethostname(2)), if it has one that is valid UTF-8.
+pub fn hostname() -> Option<String> {
+    nix::unistd::gethostname().ok()?.into_string().ok()
+}
+
+/// The IP addresses of this host's interfaces (getifaddrs(3)); empty if that fails.
+pub fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|s| match (s.as_sockaddr_in(), s.as_sockaddr_in6()) {
+            (Some(v4), _) => Some(std::net::IpAddr::V4(v4.ip())),
+            (_, Some(v6)) => Some(std::net::IpAddr::V6(v6.ip())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (threads it starts inherit it).
+pub fn nice_this_thread(nice: i32) {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority(2) takes plain integers; nix has no wrapper for a thread's
+    // priority. A failure only leaves the priority as it was.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+}
+
+/// An exclusive flock(2) on `file`, waited for; released when the returned guard drops.
+pub fn flock_exclusive(file: File) -> io::Result<nix::fcntl::Flock<File>> {
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| io(e))
+}
+
 /// Whether this process may read and write `path`.
 pub fn can_read_write(path: &Path) -> bool {
     nix::unistd::access(path, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_ok()

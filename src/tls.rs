@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -50,28 +50,20 @@ pub struct Made {
 
 /// `/var/lib/cstor-fs` for root, `$XDG_STATE_HOME/cstor-fs` (default `~/.local/state`) otherwise.
 pub fn default_state_dir() -> PathBuf {
-    // SAFETY: getuid cannot fail.
-    if unsafe { libc::getuid() } == 0 {
+    if crate::sys::uid() == 0 {
         return PathBuf::from("/var/lib/cstor-fs");
     }
     let base = std::env::var_os("XDG_STATE_HOME")
         .filter(|x| !x.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").filter(|x| !x.is_empty()).map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("cstor-fs-state-{}", unsafe { libc::getuid() })));
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("cstor-fs-state-{}", crate::sys::uid())));
     base.join("cstor-fs")
 }
 
 /// This host's name as gethostname(2) gives it (`None` if it is not a valid DNS name).
 pub fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for its length; the result is NUL-terminated or truncated, and
-    // the last byte stays 0.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(0);
-    let name = std::str::from_utf8(&buf[..end]).ok()?.to_ascii_lowercase();
+    let name = crate::sys::hostname()?.to_ascii_lowercase();
     let ok = !name.is_empty()
         && name
             .split('.')
@@ -81,37 +73,9 @@ pub fn hostname() -> Option<String> {
 
 /// The addresses of this host's interfaces (getifaddrs(3)); empty if it fails.
 fn interface_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we walk read-only and free once.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut p = head;
-        while !p.is_null() {
-            let a = (*p).ifa_addr;
-            if !a.is_null() {
-                match i32::from((*a).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(a as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(a as *const libc::sockaddr_in6);
-                        let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                        // Link-local addresses need a zone, which certificates cannot name.
-                        if ip.segments()[0] & 0xffc0 != 0xfe80 {
-                            out.push(IpAddr::V6(ip));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            p = (*p).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
+    let mut out = crate::sys::interface_addresses();
+    // Link-local addresses need a zone, which certificates cannot name.
+    out.retain(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80));
     out
 }
 
@@ -180,9 +144,10 @@ pub fn ensure(state_dir: &Path, names: &[String]) -> Result<Made, Error> {
     // The certificates are public; the keys are 0600 on their own.
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
     let lock_path = dir.join(".lock");
-    let lock = File::create(&lock_path).map_err(|source| Error::Io { what: "creating", path: lock_path, source })?;
-    // SAFETY: flock on a file we hold open; released when `lock` drops.
-    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    let lock =
+        File::create(&lock_path).map_err(|source| Error::Io { what: "creating", path: lock_path.clone(), source })?;
+    let _lock =
+        crate::sys::flock_exclusive(lock).map_err(|source| Error::Io { what: "locking", path: lock_path, source })?;
 
     let (ca, ca_key, cert, key) =
         (dir.join("ca.crt"), dir.join("ca.key"), dir.join("server.crt"), dir.join("server.key"));

@@ -108,8 +108,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// The cache directory used when none is given: /var/cache/cstor-fs for root,
 /// `$XDG_CACHE_HOME/cstor-fs` (or `~/.cache/cstor-fs`) otherwise.
 pub fn default_cache_dir() -> PathBuf {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::sys::euid() == 0 {
         return PathBuf::from("/var/cache/cstor-fs");
     }
     let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()).map(PathBuf::from);
@@ -327,11 +326,7 @@ impl Compressor {
     fn work(&self) {
         // Compression yields to serving: nice 10 for this thread and the zstd workers it
         // starts (threads inherit it).
-        // SAFETY: plain syscalls on our own thread id.
-        unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-        }
+        crate::sys::nice_this_thread(10);
         let mut busy = false;
         loop {
             if let Some(live) = self.live() {
