@@ -201,6 +201,19 @@ fn auth_is_enforced(s: &NetServe, ca: &Path) {
             }
         }
     }
+    // Answers the servers compute themselves (referrers, the index page, a bad `last`, an
+    // unknown endpoint) are no way around the password either.
+    for path in [
+        format!("/v2/localhost/app/web/referrers/{digest}"),
+        "/index.html".to_string(),
+        "/v2/localhost/app/web/tags/list?last=-bad".to_string(),
+        "/v2/no/such/endpoint".to_string(),
+    ] {
+        let (status, h, body) = curl(&s.url(&path), ca, None);
+        let what = format!("{}: GET {path} without credentials", s.server);
+        assert_eq!(status, 401, "{what}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(h.get("www-authenticate").map(String::as_str), Some(r#"Basic realm="cstor-fs""#), "{what}");
+    }
 }
 
 /// skopeo inspect and copy with `--cert-dir` and creds: every blob hashes to its name.
