@@ -87,8 +87,9 @@ impl Entry {
 struct FileInfo {
     /// Range of the cleaned, relative path in the name arena.
     name: (u32, u32),
-    /// The payload's CRC-64 as tar-split recorded it (a file entry without one is refused).
-    crc: u64,
+    /// The payload's CRC-64 as tar-split recorded it. `None` only until the parse ends,
+    /// which then fails (so a reader refuses such a payload, and a full parse fails).
+    crc: Option<u64>,
     /// Identity of the file on disk last confirmed to hold exactly the recorded content
     /// ([`stamp`] of its metadata; 0: never). A file changed or replaced since then has
     /// another stamp and is checked again.
@@ -397,6 +398,9 @@ struct Parser<R> {
     segs: u64,
     /// Whether the last entry produced is a segment run.
     in_segment: bool,
+    /// The first file entry with a payload but no CRC-64: (line, why). It fails the parse
+    /// at its end, after the size check, so a size mismatch is still reported as such.
+    no_crc: Option<(u64, String)>,
     batch: Batch,
 }
 
@@ -411,6 +415,7 @@ impl<R: BufRead> Parser<R> {
             names: 0,
             segs: 0,
             in_segment: false,
+            no_crc: None,
             batch: Batch::default(),
         }
     }
@@ -435,6 +440,14 @@ impl<R: BufRead> Parser<R> {
                     break false;
                 }
             };
+            if end {
+                if let Some(expected) = ix.expected.filter(|e| *e != self.size) {
+                    return Err(Error::SizeMismatch { expected, actual: self.size });
+                }
+                if let Some((line, msg)) = self.no_crc.take() {
+                    return Err(Error::Format { line, msg });
+                }
+            }
             self.publish(ix);
             ix.notify();
             if end {
@@ -522,19 +535,27 @@ impl<R: BufRead> Parser<R> {
                 let clean = clean_path(&raw_name)
                     .ok_or_else(|| format!("file entry {:?} names no file", String::from_utf8_lossy(&raw_name)))?;
                 // Without the CRC-64 nothing could tell a changed file from the recorded one.
-                let Some(p) = e.payload.as_deref().filter(|p| !p.is_empty()) else {
-                    return Err(format!(
-                        "file entry {:?} ({size} bytes) has no CRC-64 to check its payload against",
-                        String::from_utf8_lossy(&clean)
-                    ));
-                };
-                let mut b = [0u8; 8];
-                let crc = match B64.decode_slice(p, &mut b) {
-                    Ok(8) => u64::from_be_bytes(b),
-                    Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
-                        return Err("file checksum is not 8 bytes".into())
+                let crc = match e.payload.as_deref().filter(|p| !p.is_empty()) {
+                    None => {
+                        if self.no_crc.is_none() {
+                            let why = format!(
+                                "file entry {:?} ({size} bytes) has no CRC-64 to check its payload against",
+                                String::from_utf8_lossy(&clean)
+                            );
+                            self.no_crc = Some((self.lineno, why));
+                        }
+                        None
                     }
-                    Err(e) => return Err(format!("file checksum: {e}")),
+                    Some(p) => {
+                        let mut b = [0u8; 8];
+                        match B64.decode_slice(p, &mut b) {
+                            Ok(8) => Some(u64::from_be_bytes(b)),
+                            Ok(_) | Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+                                return Err("file checksum is not 8 bytes".into())
+                            }
+                            Err(e) => return Err(format!("file checksum: {e}")),
+                        }
+                    }
                 };
                 self.push_file(&clean, size, crc)
             }
@@ -560,7 +581,7 @@ impl<R: BufRead> Parser<R> {
         Ok(())
     }
 
-    fn push_file(&mut self, path: &[u8], size: u64, crc: u64) -> Result<(), String> {
+    fn push_file(&mut self, path: &[u8], size: u64, crc: Option<u64>) -> Result<(), String> {
         let start = self.grow(size)?;
         let file = self.files;
         if file as usize >= MAX_FILES {

@@ -127,6 +127,10 @@ impl LayerBlob {
             return Err(self.err(file, format_args!("payload is {} bytes, tar-split records {size}", md.size())));
         }
         let stamp = super::stamp(&md);
+        let Some(crc) = crc else {
+            // The parse fails at its end for this entry; until then, refuse the payload.
+            return Err(self.err(file, "tar-split records no CRC-64 for this payload"));
+        };
         if verified == failed(stamp) {
             // This very file already failed its CRC check: do not hash it again.
             return Err(self.err(file, "payload CRC-64 differs from tar-split's (checked before)"));
