@@ -468,13 +468,22 @@ fn a_read_only_or_full_cache_serves_uncompressed_with_a_log_line() {
     wait_log(&m.log, "No space left on device", Duration::from_secs(120));
     assert!(log_text(&m.log).contains("is unusable"), "{}", log_text(&m.log));
     serves_uncompressed(&m);
-    // No temporary files left behind by the failed builds.
-    let left: Vec<_> = std::fs::read_dir(full.0.join("c/v1"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    // No temporary files left behind by the failed builds. (Builds of the other layers
+    // go on after the first failure, each writing its own temporary file until it fails
+    // too: wait for the worker to have tried them all.)
+    let temps = || {
+        std::fs::read_dir(full.0.join("c/v1"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
+    let t = std::time::Instant::now();
+    while !temps().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "temporary files left: {:?}", temps());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
