@@ -323,3 +323,22 @@ fn additional_stores_are_watched_and_an_unreadable_one_is_a_warning() {
     assert!(text.contains("nowhere: this additional image store does not exist"), "{text}");
     assert!(text.contains("broken.conf"), "{text}");
 }
+
+/// Layer records in `volatile-layers.json` (where containers-storage keeps the records of
+/// volatile layers) are read like those of `layers.json`.
+#[test]
+fn layers_recorded_in_volatile_layers_json_are_read() {
+    let s = MiniStore::new("overlay");
+    s.import("localhost/vol:1", &[("v.txt", b"volatile record\n")]);
+    let dir = s.storage.join("overlay-layers");
+    let layers: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("layers.json")).unwrap()).unwrap();
+    assert_eq!(layers.len(), 1);
+    std::fs::write(dir.join("volatile-layers.json"), serde_json::to_vec(&layers).unwrap()).unwrap();
+    std::fs::write(dir.join("layers.json"), b"[]").unwrap();
+    let out = Command::new(BIN).args(["verify", "--storage"]).arg(&s.storage).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("3 verified, 0 failed"), "{text}");
+    let list = stdout(Command::new(BIN).args(["list", "--storage"]).arg(&s.storage));
+    assert!(list.contains("localhost/vol\n  tag 1 -> sha256:") && !list.contains("left out"), "{list}");
+}
